@@ -1,0 +1,1 @@
+pytest_plugins = ["localcache.testing.pytest_plugin"]
