@@ -1,0 +1,125 @@
+"""The typed API: KServe's local-model kinds, the InferenceService subset, core-object subsets,
+quantities, derived names and keys, conditions and status mapping.
+
+Wire-compatible with KServe's ``serving.kserve.io/v1alpha1`` kinds; see docs/api.md for what is added.
+"""
+
+from localcache.api.base import ApiModel, CrdInfo, KubeObject, KubeTime, ObjectMeta, OwnerReference
+from localcache.api.conditions import (
+    Condition,
+    ConditionStatus,
+    ConditionType,
+    find_condition,
+    is_condition_true,
+    remove_condition,
+    set_condition,
+)
+from localcache.api.core import Container, Job, JobSpec, JobStatus, PersistentVolume, PersistentVolumeClaim
+from localcache.api.inferenceservice import InferenceService
+from localcache.api.localmodelcache import (
+    LocalModelCache,
+    LocalModelCacheSpec,
+    LocalModelCacheStatus,
+    LocalModelNamespaceCache,
+    LocalModelStorageSpec,
+    ModelCopies,
+    NamespacedName,
+    NodeStatus,
+    NodeStatusDetail,
+)
+from localcache.api.localmodelnode import (
+    LocalModelInfo,
+    LocalModelNode,
+    LocalModelNodeSpec,
+    LocalModelNodeStatus,
+    ModelStatus,
+    ModelStatusDetail,
+)
+from localcache.api.localmodelnodegroup import LocalModelNodeGroup, LocalModelNodeGroupSpec
+from localcache.api.naming import (
+    download_pv_name,
+    download_pvc_name,
+    job_generate_name,
+    job_labels,
+    job_selector,
+    job_status_key,
+    label_value,
+    match_storage_uri,
+    model_dir,
+    parse_status_key,
+    pvc_storage_uri,
+    serving_pv_name,
+    serving_pvc_name,
+    status_key,
+    storage_key,
+)
+from localcache.api.quantity import Quantity, QuantityError, parse_quantity
+from localcache.api.statusmap import (
+    copies_from_node_status,
+    model_status_from_job,
+    node_status_from_model_status,
+)
+from localcache.api.storagecontainer import ClusterStorageContainer, WorkloadType
+
+__all__ = [
+    "ApiModel",
+    "ClusterStorageContainer",
+    "Condition",
+    "ConditionStatus",
+    "ConditionType",
+    "Container",
+    "CrdInfo",
+    "InferenceService",
+    "Job",
+    "JobSpec",
+    "JobStatus",
+    "KubeObject",
+    "KubeTime",
+    "LocalModelCache",
+    "LocalModelCacheSpec",
+    "LocalModelCacheStatus",
+    "LocalModelInfo",
+    "LocalModelNamespaceCache",
+    "LocalModelNode",
+    "LocalModelNodeGroup",
+    "LocalModelNodeGroupSpec",
+    "LocalModelNodeSpec",
+    "LocalModelNodeStatus",
+    "LocalModelStorageSpec",
+    "ModelCopies",
+    "ModelStatus",
+    "ModelStatusDetail",
+    "NamespacedName",
+    "NodeStatus",
+    "NodeStatusDetail",
+    "ObjectMeta",
+    "OwnerReference",
+    "PersistentVolume",
+    "PersistentVolumeClaim",
+    "Quantity",
+    "QuantityError",
+    "WorkloadType",
+    "copies_from_node_status",
+    "download_pv_name",
+    "download_pvc_name",
+    "find_condition",
+    "is_condition_true",
+    "job_generate_name",
+    "job_labels",
+    "job_selector",
+    "job_status_key",
+    "label_value",
+    "match_storage_uri",
+    "model_dir",
+    "model_status_from_job",
+    "node_status_from_model_status",
+    "parse_quantity",
+    "parse_status_key",
+    "pvc_storage_uri",
+    "remove_condition",
+    "serving_pv_name",
+    "serving_pvc_name",
+    "set_condition",
+    "status_key",
+    "storage_key",
+]
