@@ -327,7 +327,10 @@ class ControlPlane:
             "apiVersion": "v1",
             "kind": "Config",
             "clusters": [
-                {"name": "envtest", "cluster": {"server": self.url, "certificate-authority-data": b64(self.ca.cert_pem)}}
+                {
+                    "name": "envtest",
+                    "cluster": {"server": self.url, "certificate-authority-data": b64(self.ca.cert_pem)},
+                }
             ],
             "users": [
                 {
@@ -349,6 +352,44 @@ class ControlPlane:
     def user_kubeconfig(self, path: Path, user: str, groups: tuple[str, ...] = ()) -> Path:
         """A kubeconfig for ``user`` (e.g. ``system:serviceaccount:ns:name``): RBAC decides what it may do."""
         return self.write_kubeconfig(path, self.ca.client(user, groups), user=user)
+
+    def compact(self) -> int:
+        """Compact etcd at its current revision, so every older resourceVersion is gone (410).
+
+        This is what a long-running cluster does every 5 minutes; tests call it to force the
+        "too old resource version" path that informers must survive.
+        """
+
+        def post(path: str, body: dict[str, Any]) -> dict[str, Any]:
+            req = urllib.request.Request(
+                self.etcd_url + path,
+                data=json.dumps(body).encode(),
+                method="POST",
+                headers={"Content-Type": "application/json"},
+            )
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return dict(json.load(resp))
+
+        key = base64.b64encode(b"/").decode()
+        revision = int(post("/v3/kv/range", {"key": key, "limit": 1})["header"]["revision"])
+        post("/v3/kv/compaction", {"revision": str(revision), "physical": True})
+        return revision
+
+    def restart_apiserver(self, graceful: bool = False) -> None:
+        """Kill (or, with ``graceful``, stop) kube-apiserver and start it on the same port and data.
+
+        Its watch cache starts again from the current revision, so a watch from any older, compacted
+        resourceVersion now gets 410 Gone, and every open watch connection drops. Until the cache of a
+        resource has been filled again the server answers 429 with Retry-After for it, as real ones do.
+        """
+        apiserver = next(p for p in self._processes if p.name == "kube-apiserver")
+        if graceful:
+            apiserver.stop()
+        elif apiserver.popen is not None:
+            apiserver.popen.kill()
+            apiserver.popen.wait()
+        apiserver.start()
+        _wait_for("kube-apiserver", lambda: self.request("GET", "/readyz") == "ok", apiserver)
 
     # ---- CRDs ----------------------------------------------------------------------------------
     def install_crds(self, sources: Iterable[Path]) -> list[str]:
@@ -378,7 +419,10 @@ class ControlPlane:
             if exc.code != 409:
                 raise EnvtestError(f"installing CRD {name}: HTTP {exc.code}: {exc.read().decode()}") from exc
             current = self.request("GET", f"{base}/{name}")
-            doc = {**doc, "metadata": {**doc["metadata"], "resourceVersion": current["metadata"]["resourceVersion"]}}
+            doc = {
+                **doc,
+                "metadata": {**doc["metadata"], "resourceVersion": current["metadata"]["resourceVersion"]},
+            }
             self.request("PUT", f"{base}/{name}", doc)
         return str(name)
 
@@ -394,11 +438,15 @@ def _crd_documents(sources: Iterable[Path]) -> Iterator[dict[str, Any]]:
 
 # ---- command line ------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m localcache.testing.envtest", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m localcache.testing.envtest", description=__doc__.split("\n")[0]
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="run a control plane in the foreground until SIGINT/SIGTERM")
     up.add_argument("--kubeconfig", type=Path, required=True, help="where to write the admin kubeconfig")
-    up.add_argument("--no-controller-manager", action="store_true", help="do not start kube-controller-manager")
+    up.add_argument(
+        "--no-controller-manager", action="store_true", help="do not start kube-controller-manager"
+    )
     args = parser.parse_args(argv)
 
     stopping = False
@@ -409,7 +457,10 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
-    plane = ControlPlane(kubeconfig=args.kubeconfig.resolve(), controllers=None if args.no_controller_manager else ControlPlane.controllers)
+    plane = ControlPlane(
+        kubeconfig=args.kubeconfig.resolve(),
+        controllers=None if args.no_controller_manager else ControlPlane.controllers,
+    )
     try:
         plane.start()
     except EnvtestError as exc:

@@ -34,7 +34,9 @@ class TestCluster:
 
     async def api_client(self) -> k8s.ApiClient:
         configuration = k8s.Configuration()
-        await k8s_config.load_kube_config(config_file=str(self.kubeconfig), client_configuration=configuration)
+        await k8s_config.load_kube_config(
+            config_file=str(self.kubeconfig), client_configuration=configuration
+        )
         return k8s.ApiClient(configuration)
 
 
