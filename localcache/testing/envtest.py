@@ -401,7 +401,8 @@ class ControlPlane:
         while pending:
             for name in list(pending):
                 crd = self.request("GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}")
-                conditions = {c["type"]: c["status"] for c in crd.get("status", {}).get("conditions", [])}
+                status = crd.get("status") or {}
+                conditions = {c["type"]: c["status"] for c in status.get("conditions") or []}
                 if conditions.get("Established") == "True":
                     pending.discard(name)
             if pending and time.monotonic() > deadline:
