@@ -21,7 +21,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Protocol, runtime_checkable
 
-__all__ = ["SYSTEM_CLOCK", "Clock", "FakeClock", "SystemClock"]
+__all__ = ["SYSTEM_CLOCK", "Clock", "FakeClock", "SystemClock", "wait_event"]
 
 
 @runtime_checkable
@@ -122,3 +122,24 @@ class FakeClock:
             if nxt is None or self._elapsed + nxt - start > max_seconds:
                 return
             await self.advance(nxt)
+
+
+async def wait_event(
+    event: asyncio.Event,
+    timeout: float | None,  # noqa: ASYNC109
+    clock: Clock = SYSTEM_CLOCK,
+) -> bool:
+    """Wait for ``event`` up to ``timeout`` seconds of ``clock`` time; True if it was set."""
+    if event.is_set():
+        return True
+    if timeout is None:
+        await event.wait()
+        return True
+    waiter = asyncio.ensure_future(event.wait())
+    sleeper = asyncio.ensure_future(clock.sleep(timeout))
+    try:
+        await asyncio.wait({waiter, sleeper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+        sleeper.cancel()
+    return event.is_set()

@@ -158,8 +158,9 @@ async def test_release_on_cancel_hands_over_within_a_retry(client: Client, names
         await a.stop()
         lease = await client.get(LEASES, "failover-test", namespace)
         assert lease["spec"]["holderIdentity"] == "" and lease["spec"]["leaseDurationSeconds"] == 1
-        await eventually(lambda: b is not None and b.work.running.is_set(), "takeover after release",
-                         JITTERED_RETRY + 2)  # fmt: skip
+        await eventually(
+            lambda: b is not None and b.work.running.is_set(), "takeover after release", JITTERED_RETRY + 2
+        )
         assert time.monotonic() - stopped_at < LEASE, "a released lease is taken before it would expire"
     finally:
         await a.stop()

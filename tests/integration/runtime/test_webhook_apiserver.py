@@ -84,25 +84,37 @@ async def test_apiserver_calls_the_webhook(
 ) -> None:
     server, ca = webhook
     config_name = f"localcache-test-{secrets.token_hex(3)}"
-    await client.create(MUTATING, {
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "MutatingWebhookConfiguration",
-        "metadata": {"name": config_name},
-        "webhooks": [{
-            "name": "configmaps.test.localcache.io",
-            "clientConfig": {
-                "url": f"https://127.0.0.1:{server.port}{PATH}",
-                "caBundle": base64.b64encode(ca.cert_pem).decode(),
-            },
-            "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"],
-                       "resources": ["configmaps"], "scope": "Namespaced"}],
-            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
-            "sideEffects": "None",
-            "admissionReviewVersions": ["v1"],
-            "failurePolicy": "Fail",
-            "timeoutSeconds": 5,
-        }],
-    })  # fmt: skip
+    await client.create(
+        MUTATING,
+        {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "MutatingWebhookConfiguration",
+            "metadata": {"name": config_name},
+            "webhooks": [
+                {
+                    "name": "configmaps.test.localcache.io",
+                    "clientConfig": {
+                        "url": f"https://127.0.0.1:{server.port}{PATH}",
+                        "caBundle": base64.b64encode(ca.cert_pem).decode(),
+                    },
+                    "rules": [
+                        {
+                            "operations": ["CREATE"],
+                            "apiGroups": [""],
+                            "apiVersions": ["v1"],
+                            "resources": ["configmaps"],
+                            "scope": "Namespaced",
+                        }
+                    ],
+                    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+                    "sideEffects": "None",
+                    "admissionReviewVersions": ["v1"],
+                    "failurePolicy": "Fail",
+                    "timeoutSeconds": 5,
+                }
+            ],
+        },
+    )
     try:
         before = count("200")
         # The API server picks the configuration up asynchronously: create probes until one is mutated.

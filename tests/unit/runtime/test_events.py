@@ -97,8 +97,14 @@ async def test_first_event_creates_a_full_core_v1_event(recorder: EventRecorder,
     await recorder.flush()
     ev = sink.only()
     assert ev["metadata"]["namespace"] == "ns1" and ev["metadata"]["name"].startswith("cfg.")
-    assert ev["involvedObject"] == {"kind": "ConfigMap", "name": "cfg", "namespace": "ns1", "uid": "u-1",
-                                    "resourceVersion": "7", "apiVersion": "v1"}  # fmt: skip
+    assert ev["involvedObject"] == {
+        "kind": "ConfigMap",
+        "name": "cfg",
+        "namespace": "ns1",
+        "uid": "u-1",
+        "resourceVersion": "7",
+        "apiVersion": "v1",
+    }
     assert (ev["type"], ev["reason"], ev["message"], ev["count"]) == ("Normal", "Synced", "config synced", 1)
     assert ev["source"] == {"component": "my-controller", "host": "node-a"}
     assert ev["firstTimestamp"] == ev["lastTimestamp"] == "2026-01-01T00:00:00Z"

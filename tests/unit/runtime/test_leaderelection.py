@@ -88,8 +88,12 @@ class FakeLeases:
 
     def put(self, spec: dict[str, Any], name: str = "lock") -> None:
         """Another party writes the lease (bumping its resourceVersion)."""
-        obj = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-               "metadata": {"name": name, "namespace": NS}, "spec": spec}  # fmt: skip
+        obj = {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {"name": name, "namespace": NS},
+            "spec": spec,
+        }
         self.objects[(NS, name)] = self._stamp(obj)
 
 
@@ -204,8 +208,15 @@ async def test_fast_path_conflict_falls_back_to_get_and_update(clock: FakeClock,
 async def test_held_lease_is_not_taken_before_local_expiry(clock: FakeClock, store: FakeLeases) -> None:
     # The remote renewTime claims the lease expired a day ago: it must be ignored.
     day_ago = "2025-12-31T00:00:00.000000Z"
-    store.put({"holderIdentity": "other", "leaseDurationSeconds": 15, "leaseTransitions": 3,
-               "acquireTime": day_ago, "renewTime": day_ago})  # fmt: skip
+    store.put(
+        {
+            "holderIdentity": "other",
+            "leaseDurationSeconds": 15,
+            "leaseTransitions": 3,
+            "acquireTime": day_ago,
+            "renewTime": day_ago,
+        }
+    )
     c = Campaign(LeaderElector(store, config("b"), clock=clock, rng=random.Random(1)))
     try:
         await clock.settle()
@@ -231,8 +242,13 @@ async def test_a_renewing_holder_keeps_its_lease_forever(clock: FakeClock, store
     try:
         for i in range(30):
             # the holder renews (renewTime changes, though it is decades old by the wall clock)
-            store.put({"holderIdentity": "other", "leaseDurationSeconds": 15,
-                       "renewTime": f"1999-01-01T00:00:{i:02d}.000000Z"})  # fmt: skip
+            store.put(
+                {
+                    "holderIdentity": "other",
+                    "leaseDurationSeconds": 15,
+                    "renewTime": f"1999-01-01T00:00:{i:02d}.000000Z",
+                }
+            )
             await clock.advance(2)
             assert not c.elector.is_leader
         assert store.record().holder_identity == "other"

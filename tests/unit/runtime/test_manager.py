@@ -176,9 +176,13 @@ async def test_shutdown_timeout_is_reported() -> None:
 # --- with leader election --------------------------------------------------------------------------
 def le_options(**kw: Any) -> ManagerOptions:
     return options(
-        leader_election=True, leader_election_id="lock", leader_election_namespace=NS,
-        metrics_bind_address="0", health_probe_bind_address="0", **kw,
-    )  # fmt: skip
+        leader_election=True,
+        leader_election_id="lock",
+        leader_election_namespace=NS,
+        metrics_bind_address="0",
+        health_probe_bind_address="0",
+        **kw,
+    )
 
 
 async def test_leader_only_work_waits_for_the_lease() -> None:

@@ -74,8 +74,11 @@ def test_patch_distinguishes_bool_from_int() -> None:
 
 def test_patch_shrinking_list_removes_from_the_end() -> None:
     ops = json_patch({"l": [1, 2, 3, 4]}, {"l": [1]})
-    assert ops == [{"op": "remove", "path": "/l/3"}, {"op": "remove", "path": "/l/2"},
-                   {"op": "remove", "path": "/l/1"}]  # fmt: skip
+    assert ops == [
+        {"op": "remove", "path": "/l/3"},
+        {"op": "remove", "path": "/l/2"},
+        {"op": "remove", "path": "/l/1"},
+    ]
 
 
 # --- server ----------------------------------------------------------------------------------------
