@@ -175,7 +175,11 @@ class S3Source(Source):
 
 def expected_from_head(head: dict[str, Any]) -> dict[str, str]:
     expected: dict[str, str] = {}
-    full = head.get("ChecksumType", "FULL_OBJECT") == "FULL_OBJECT"
+    etag = str(head.get("ETag", "")).strip('"').lower()
+    # A multipart object's checksum is per part ("composite") unless S3 says FULL_OBJECT; without
+    # the type header only a single-part object's checksum is certainly over the whole object.
+    kind = head.get("ChecksumType")
+    full = kind == "FULL_OBJECT" or (kind is None and "-" not in etag)
     sha = head.get("ChecksumSHA256")
     if sha and full and "-" not in sha and (hexed := b64_to_hex(sha)):
         expected["sha256"] = hexed
