@@ -61,23 +61,27 @@ class EventClient(Protocol):
     ) -> dict[str, Any]: ...
 
 
-def involved_object(obj: dict[str, Any]) -> dict[str, Any]:
-    """The ``involvedObject`` reference for an object dict; a clear error names a missing field."""
+def involved_object(obj: dict[str, Any], resource: Resource | None = None) -> dict[str, Any]:
+    """The ``involvedObject`` reference for an object dict; a clear error names a missing field.
+
+    Objects from a LIST carry no ``kind``/``apiVersion``; ``resource`` supplies them.
+    """
     if not isinstance(obj, dict):
         raise TypeError(f"event involved object must be an object dict, got {type(obj).__name__}")
     meta = obj.get("metadata") or {}
     name = meta.get("name")
     if not name:
         raise ValueError("event involved object has no metadata.name")
-    kind = obj.get("kind")
+    kind = obj.get("kind") or (resource.kind if resource is not None else "")
     if not kind:
-        raise ValueError(f"event involved object {name!r} has no kind")
+        raise ValueError(f"event involved object {name!r} has no kind: pass resource= to name its kind")
     ref: dict[str, Any] = {"kind": kind, "name": name}
     for src, dst in (("namespace", "namespace"), ("uid", "uid"), ("resourceVersion", "resourceVersion")):
         if meta.get(src):
             ref[dst] = meta[src]
-    if obj.get("apiVersion"):
-        ref["apiVersion"] = obj["apiVersion"]
+    api_version = obj.get("apiVersion") or (resource.api_version if resource is not None else "")
+    if api_version:
+        ref["apiVersion"] = api_version
     return ref
 
 
@@ -178,13 +182,18 @@ class EventRecorder:
         self.written = 0
 
     # --- the caller's side -------------------------------------------------------------------------
-    def event(self, obj: dict[str, Any], type: str, reason: str, message: str) -> None:
-        """Record an event about ``obj``; never blocks, never raises on API trouble."""
+    def event(
+        self, obj: dict[str, Any], type: str, reason: str, message: str, *, resource: Resource | None = None
+    ) -> None:
+        """Record an event about ``obj``; never blocks, never raises on API trouble.
+
+        ``resource`` fills in ``kind``/``apiVersion`` for objects read from a list (which lack them).
+        """
         if type not in EVENT_TYPES:
             raise ValueError(f"event type {type!r} for reason {reason!r}: must be one of {EVENT_TYPES}")
         if not reason:
             raise ValueError("event reason is empty")
-        ref = involved_object(obj)
+        ref = involved_object(obj, resource)
         if len(message) > MAX_MESSAGE:
             message = message[: MAX_MESSAGE - 3] + "..."
         now = self._clock.now()
@@ -199,11 +208,15 @@ class EventRecorder:
             extra = {"component": self.component, "reason": reason, "object": ref["name"]}
             log.warning("event queue full; dropping event", extra=extra)
 
-    def normal(self, obj: dict[str, Any], reason: str, message: str) -> None:
-        self.event(obj, "Normal", reason, message)
+    def normal(
+        self, obj: dict[str, Any], reason: str, message: str, *, resource: Resource | None = None
+    ) -> None:
+        self.event(obj, "Normal", reason, message, resource=resource)
 
-    def warning(self, obj: dict[str, Any], reason: str, message: str) -> None:
-        self.event(obj, "Warning", reason, message)
+    def warning(
+        self, obj: dict[str, Any], reason: str, message: str, *, resource: Resource | None = None
+    ) -> None:
+        self.event(obj, "Warning", reason, message, resource=resource)
 
     # --- lifecycle ---------------------------------------------------------------------------------
     def _ensure_worker(self) -> None:

@@ -237,7 +237,7 @@ class Manager:
 
     def _default_cache(self) -> Any:
         try:
-            from localcache.runtime.cache import Cache  # type: ignore[import-not-found,attr-defined]
+            from localcache.runtime.cache import Cache
         except ImportError as exc:  # helper-1's cache module has not landed yet
             raise RuntimeError(
                 "no cache was given to the Manager and localcache.runtime.cache is missing"
@@ -263,7 +263,7 @@ class Manager:
 
     def controller(self, name: str) -> Any:
         """``Builder(client, cache, name=name)`` whose ``build(reconciler)`` also adds the controller."""
-        from localcache.runtime.builder import Builder  # type: ignore[import-not-found]
+        from localcache.runtime.builder import Builder
 
         return _BoundBuilder(Builder(self.client, self.cache, name=name), self)
 

@@ -59,10 +59,10 @@ async def fetch(url: str) -> tuple[int, str]:
         return resp.status, await resp.text()
 
 
-def sample(metrics_text: str, name: str, **labels: str) -> float | None:
+def sample(metrics_text: str, metric: str, **labels: str) -> float | None:
     """The value of one sample in Prometheus text format (labels must all match)."""
     for line in metrics_text.splitlines():
-        if not line.startswith(name + "{") and not line.startswith(name + " "):
+        if not line.startswith(metric + "{") and not line.startswith(metric + " "):
             continue
         head, _, value = line.rpartition(" ")
         if all(f'{k}="{v}"' in head for k, v in labels.items()):
@@ -88,7 +88,9 @@ async def test_example_controller_readiness_metrics_and_convergence(
     labels = {"example.localcache.io/count": "true", "team": "ml"}
     await admin.create(CONFIGMAPS, {"metadata": {"name": "counted", "namespace": namespace, "labels": labels},
                                     "data": {"a": "1", "b": "2"}})  # fmt: skip
-    await admin.create(CONFIGMAPS, {"metadata": {"name": "ignored", "namespace": namespace}, "data": {"a": "1"}})
+    await admin.create(
+        CONFIGMAPS, {"metadata": {"name": "ignored", "namespace": namespace}, "data": {"a": "1"}}
+    )
 
     options = ManagerOptions(metrics_bind_address="127.0.0.1:0", health_probe_bind_address="127.0.0.1:0",
                              handle_signals=False, loop_lag_interval=0.1)  # fmt: skip
@@ -128,14 +130,18 @@ async def test_example_controller_readiness_metrics_and_convergence(
                 return {k: v for k, v in got.items() if k.startswith("example.localcache.io/")} == expect
 
             await eventually(lambda: counted({example.COUNT: "2", example.TEAM: "ml"}), "first convergence")
-            await admin.patch(CONFIGMAPS, "counted", {"metadata": {"labels": {"team": None}}, "data": {"c": "3"}},
-                              namespace)  # fmt: skip
+            change = {"metadata": {"labels": {"team": None}}, "data": {"c": "3"}}
+            await admin.patch(CONFIGMAPS, "counted", change, namespace)
             await eventually(lambda: counted({example.COUNT: "3"}), "convergence after an update")
             assert await annotations("ignored") == {}, "outside the label selector"
 
             async def event_recorded() -> list[dict[str, Any]]:
                 events = (await admin.list(EVENTS, namespace))["items"]
-                return [e for e in events if e["reason"] == "KeysCounted" and e["involvedObject"]["name"] == "counted"]
+                return [
+                    e
+                    for e in events
+                    if e["reason"] == "KeysCounted" and e["involvedObject"]["name"] == "counted"
+                ]
 
             events = await eventually(event_recorded, "KeysCounted event")
             assert events[0]["source"]["component"] == "example-it" and events[0]["type"] == "Normal"
@@ -146,11 +152,17 @@ async def test_example_controller_readiness_metrics_and_convergence(
                 return text if depth == 0 else None
 
             text = await eventually(queue_drained, "workqueue drained")
-            assert (sample(text, "controller_runtime_reconcile_total", controller="example-it", result="success")
-                    or 0) >= 2  # fmt: skip
-            assert sample(text, "controller_runtime_reconcile_total", controller="example-it", result="error") == 0
+            ok = sample(text, "controller_runtime_reconcile_total", controller="example-it", result="success")
+            assert (ok or 0) >= 2
+            assert (
+                sample(text, "controller_runtime_reconcile_total", controller="example-it", result="error")
+                == 0
+            )
             assert sample(text, "controller_runtime_max_concurrent_reconciles", controller="example-it") == 1
-            assert sample(text, "controller_runtime_informer_cached_objects", gvk="core/v1/ConfigMap") is not None
+            assert (
+                sample(text, "controller_runtime_informer_cached_objects", gvk="core/v1/ConfigMap")
+                is not None
+            )
             assert (sample(text, "rest_client_requests_total", method="PATCH") or 0) >= 2
             assert sample(text, "asyncio_event_loop_lag_seconds") is not None
             assert (sample(text, "process_resident_memory_bytes") or 0) > 0

@@ -14,7 +14,7 @@ import pytest
 from localcache.runtime import errors
 from localcache.runtime.clock import FakeClock
 from localcache.runtime.events import COMBINED_PREFIX, EventRecorder
-from localcache.runtime.resources import EVENTS, Resource
+from localcache.runtime.resources import CONFIGMAPS, EVENTS, Resource
 
 CM = {
     "apiVersion": "v1",
@@ -245,3 +245,13 @@ async def test_long_messages_are_truncated(recorder: EventRecorder, sink: FakeEv
     await recorder.flush()
     msg = sink.only()["message"]
     assert len(msg) == 1024 and msg.endswith("...")
+
+
+async def test_listed_objects_get_kind_from_the_resource(recorder: EventRecorder, sink: FakeEvents) -> None:
+    listed = {"metadata": {"name": "cfg", "namespace": "ns1", "uid": "u-1"}}  # LIST items carry no kind
+    with pytest.raises(ValueError, match="pass resource="):
+        recorder.event(listed, "Normal", "A", "m")
+    recorder.event(listed, "Normal", "A", "m", resource=CONFIGMAPS)
+    await recorder.flush()
+    ref = sink.only()["involvedObject"]
+    assert (ref["kind"], ref["apiVersion"], ref["name"]) == ("ConfigMap", "v1", "cfg")
