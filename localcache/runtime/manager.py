@@ -199,7 +199,6 @@ class Manager:
         if opts.loop_lag_interval > 0:
             self.loop_lag = LoopLagMonitor(opts.loop_lag_interval, opts.loop_lag_threshold)
             self.healthz.add("event-loop", self.loop_lag.check)
-            self._groups["others"].append(self.loop_lag)
 
         if opts.leader_election:
             namespace = opts.leader_election_namespace or _in_cluster_namespace()
@@ -430,6 +429,8 @@ class Manager:
             raise shutdown_error
 
     async def _start_phases(self) -> None:
+        if self.loop_lag is not None:  # measured from the start: a blocked loop also slows the cache fill
+            self._spawn("others", self.loop_lag)
         for server in self.http_servers:
             self._spawn("http", server)
         self._started_groups.add("http")
