@@ -66,7 +66,7 @@ class ApiModel(BaseModel):
         validate_by_alias=True,
         serialize_by_alias=True,
         extra="allow",
-        use_attribute_docstrings=False,
+        validate_assignment=True,
     )
 
     def to_dict(self) -> dict[str, Any]:
