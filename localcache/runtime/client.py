@@ -651,6 +651,11 @@ class WatchStream:
 
     aclose = close
 
+    def abort(self) -> None:
+        """Close the connection under a reader in another task (it sees the stream end)."""
+        if self._resp is not None:
+            self._resp.close()
+
     async def __aenter__(self) -> Self:
         await self.open()
         return self
