@@ -159,6 +159,7 @@ CACHE_PRINTER_COLUMNS: tuple[dict[str, object], ...] = (
     {"name": "Failed", "type": "integer", "jsonPath": ".status.copies.failed", "priority": 1},
     {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status'},
     {"name": "Node Groups", "type": "string", "jsonPath": ".spec.nodeGroups", "priority": 1},
+    {"name": "Nodes", "type": "string", "jsonPath": ".status.nodeStatus", "priority": 1},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 )
 

@@ -115,8 +115,8 @@ class LocalModelNode(KubeObject):
         short_names=("lmn",),
         categories=("localmodel",),
         printer_columns=(
-            {"name": "Models", "type": "string", "jsonPath": ".spec.localModels[*].modelName"},
             {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status'},
+            {"name": "Models", "type": "string", "jsonPath": ".status.modelStatus", "priority": 1},
             {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
         ),
     )
