@@ -29,7 +29,7 @@ adds; ``/healthz`` has ``ping``, ``leader-election`` (the elector watchdog, when
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import inspect
 import logging
 import os
 import signal
@@ -59,6 +59,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: After the grace period, how long cancelled runnables get to unwind before run() returns.
+CANCEL_WAIT = 1.0
 
 #: After a lost lease, how long to wait for the (already cancelled) runnables to end before returning.
 LOST_LEASE_EXIT_WAIT = 5.0
@@ -163,6 +166,7 @@ class Manager:
         self._tasks: dict[str, list[asyncio.Task[None]]] = {g: [] for g in _GROUPS}
         self._started_groups: set[str] = set()
         self._recorders: dict[str, EventRecorder] = {}
+        self._runnable_of: dict[asyncio.Task[None], Any] = {}
         self._synced: set[int] = set()
         self._failure: asyncio.Future[BaseException] | None = None
         self._stop_requested = asyncio.Event()
@@ -321,6 +325,7 @@ class Manager:
         name = f"{group}:{getattr(runnable, 'name', type(runnable).__name__)}"
         task = asyncio.get_running_loop().create_task(runnable.start(), name=name)
         self._tasks[group].append(task)
+        self._runnable_of[task] = runnable
         task.add_done_callback(self._on_done)
         return task
 
@@ -390,9 +395,6 @@ class Manager:
         lost = False
         error: BaseException | None = None
         elector_task: asyncio.Task[None] | None = None
-        if self._cache is None:
-            with contextlib.suppress(RuntimeError):
-                self.cache  # noqa: B018 - builds the default cache if the module exists
         try:
             try:
                 await self._start_phases()
@@ -458,6 +460,49 @@ class Manager:
         for runnable in list(self._groups["others"]):
             self._spawn("others", runnable)
 
+    async def _drain_leaders(self, budget: float) -> None:
+        """Let leader-only runnables that can drain finish their in-flight work before cancelling.
+
+        A runnable drains if it has ``drain()`` (sync or async: stop taking new work, finish what is in
+        flight, then return from ``start``); a controller without it drains through its workqueue's
+        ``shutdown()`` (workers finish their items and exit). The rest are simply cancelled.
+        """
+        draining: list[asyncio.Task[None]] = []
+        drain_calls: list[asyncio.Future[Any]] = []
+        for task in self._tasks["leader"]:
+            if task.done():
+                continue
+            runnable = self._runnable_of.get(task)
+            drain = getattr(runnable, "drain", None)
+            queue_shutdown = getattr(getattr(runnable, "queue", None), "shutdown", None)
+            try:
+                if callable(drain):
+                    result = drain()
+                    if inspect.isawaitable(result):
+                        drain_calls.append(asyncio.ensure_future(result))
+                elif callable(queue_shutdown):
+                    queue_shutdown()
+                else:
+                    continue
+            except Exception:
+                log.exception(
+                    "drain failed; the runnable will be cancelled", extra={"runnable": task.get_name()}
+                )
+                continue
+            draining.append(task)
+        if draining and budget > 0:
+            log.info(
+                "draining leader-only runnables", extra={"count": len(draining), "budget_s": round(budget, 1)}
+            )
+            _, pending = await asyncio.wait(draining, timeout=budget)
+            if pending:
+                log.warning(
+                    "drain incomplete; cancelling", extra={"pending": [t.get_name() for t in pending]}
+                )
+        for call in drain_calls:
+            call.cancel()
+        await asyncio.gather(*drain_calls, return_exceptions=True)
+
     async def _cancel_group(self, group: str, budget: float | None) -> bool:
         """Cancel a group's tasks and wait up to ``budget`` seconds; True when all ended."""
         tasks = [t for t in self._tasks[group] if not t.done()]
@@ -490,6 +535,8 @@ class Manager:
             for group in _GROUPS:
                 for task in self._tasks[group]:
                     task.cancel()
+        if graceful:
+            await self._drain_leaders(remaining())
         complete = await self._cancel_group("leader", remaining())
         if elector_task is not None and not elector_task.done():
             # Leader-only work has ended (or been abandoned): only now may the lease be released.
@@ -502,9 +549,12 @@ class Manager:
             ok = await self._cancel_group(group, remaining())
             complete = complete and ok
         if not complete:
-            pending = [t.get_name() for g in _GROUPS for t in self._tasks[g] if not t.done()]
+            late = [t for g in _GROUPS for t in self._tasks[g] if not t.done()]
+            pending = [t.get_name() for t in late]
             log.error("shutdown timed out", extra={"pending": pending, "timeout_s": timeout})
-            return ShutdownTimeout(f"runnables still running after {timeout:.0f}s: {', '.join(pending)}")
+            if late:  # all cancelled by now: give the cancellations a moment so no task outlives run()
+                await asyncio.wait(late, timeout=CANCEL_WAIT)
+            return ShutdownTimeout(f"runnables still running after {timeout:g}s: {', '.join(pending)}")
         log.info("manager stopped")
         return None
 

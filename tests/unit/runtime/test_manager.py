@@ -266,3 +266,72 @@ def test_add_rejects_non_runnables() -> None:
     mgr = Manager(None, options())
     with pytest.raises(TypeError, match="not a runnable"):
         mgr.add(object())
+
+
+class Draining:
+    """A controller-like runnable: one reconcile in flight when the stop comes; drain lets it finish."""
+
+    needs_leader_election = True
+    name = "draining"
+
+    def __init__(self, log: Log, with_drain: bool) -> None:
+        self.log = log
+        self.in_flight = asyncio.Event()
+        self.release = asyncio.Event()
+        self._stopping = False
+        if with_drain:
+            self.drain = self._drain
+        else:
+            self.queue = self  # a workqueue-like object whose shutdown() makes workers exit
+
+    def _drain(self) -> None:
+        self.log.append("drain")
+        self._stopping = True
+
+    def shutdown(self) -> None:
+        self.log.append("queue shutdown")
+        self._stopping = True
+
+    async def start(self) -> None:
+        try:
+            self.in_flight.set()
+            await self.release.wait()  # the reconcile in flight
+            self.log.append("reconcile finished")
+            while not self._stopping:  # noqa: ASYNC110 - a stand-in for workers polling their queue
+                await asyncio.sleep(0.001)
+        except asyncio.CancelledError:
+            self.log.append("cancelled")
+            raise
+
+
+@pytest.mark.parametrize("with_drain", [True, False])
+async def test_graceful_stop_drains_in_flight_work(with_drain: bool) -> None:
+    log: Log = []
+    mgr = Manager(None, options(metrics_bind_address="0", health_probe_bind_address="0"))
+    work = Draining(log, with_drain)
+    plain = Thing(log, "plain")
+    mgr.add(work)
+    mgr.add(plain)
+    run = asyncio.create_task(mgr.run())
+    await asyncio.wait_for(work.in_flight.wait(), 10)
+    mgr.stop()
+    await until(lambda: "drain" in log or "queue shutdown" in log, "drain requested")
+    assert "cancelled" not in log
+    work.release.set()
+    await asyncio.wait_for(run, 10)
+    assert "reconcile finished" in log and "cancelled" not in log
+    assert "stop plain" in log, "runnables that cannot drain are cancelled"
+
+
+async def test_drain_is_bounded_by_the_grace_period() -> None:
+    log: Log = []
+    mgr = Manager(None, options(metrics_bind_address="0", health_probe_bind_address="0",
+                                graceful_shutdown_timeout=0.1))  # fmt: skip
+    work = Draining(log, with_drain=True)
+    mgr.add(work)
+    run = asyncio.create_task(mgr.run())
+    await asyncio.wait_for(work.in_flight.wait(), 10)
+    mgr.stop()
+    with pytest.raises(ShutdownTimeout, match="draining"):
+        await asyncio.wait_for(run, 10)  # the stuck reconcile is cancelled once the grace period is over
+    assert log == ["drain", "cancelled"]
