@@ -285,8 +285,9 @@ class Transfer:
         pos = state["pos"]
         if end is not None and pos >= end:
             return
-        buf = bytearray()
-        buf_start = pos
+        # Chunks are gathered (not joined) and written with one pwritev: no user-space copy.
+        chunks: list[bytes] = []
+        pending = 0
         stall = self.settings.stall_timeout
         agen = self.source.stream(job.remote, pos, end)
         try:
@@ -297,37 +298,33 @@ class Transfer:
                 except StopAsyncIteration:
                     break
                 except TimeoutError:
-                    raise _Stalled(f"stalled at byte {buf_start + len(buf)}") from None
-                if end is not None and buf_start + len(buf) + len(chunk) > end:
-                    chunk = chunk[: end - buf_start - len(buf)]
-                buf += chunk
-                if len(buf) >= WRITE_BLOCK:
-                    await self._write(job, buf, buf_start)
-                    buf_start += len(buf)
-                    state["pos"] = buf_start
-                    buf = bytearray()
-                if end is not None and buf_start + len(buf) >= end:
+                    raise _Stalled(f"stalled at byte {state['pos'] + pending}") from None
+                if end is not None and state["pos"] + pending + len(chunk) > end:
+                    chunk = chunk[: end - state["pos"] - pending]
+                if chunk:
+                    chunks.append(chunk)
+                    pending += len(chunk)
+                if pending >= WRITE_BLOCK:
+                    await self._write(job, chunks, state)
+                    chunks, pending = [], 0
+                if end is not None and state["pos"] + pending >= end:
                     break
         finally:
             with contextlib.suppress(Exception):
                 await agen.aclose()
-            if buf:
-                await self._write(job, buf, buf_start)
-                buf_start += len(buf)
-                state["pos"] = buf_start
+            if chunks:
+                await self._write(job, chunks, state)
         if end is not None and state["pos"] < end:
             raise TransientError(f"body ended at byte {state['pos']} of range ending {end}")
 
-    async def _write(self, job: _FileJob, buf: bytearray, offset: int) -> None:
+    async def _write(self, job: _FileJob, chunks: list[bytes], state: dict[str, int]) -> None:
+        offset = state["pos"]
         try:
-            view = memoryview(buf)
-            while view:
-                n = await asyncio.to_thread(os.pwrite, job.fd, view, offset)
-                view = view[n:]
-                offset += n
+            n = await asyncio.to_thread(_pwrite_all, job.fd, chunks, offset)
         except OSError as exc:
             raise os_error_to_download_error(exc, f"file {job.rel}") from None
-        self.progress.add(len(buf))
+        state["pos"] = offset + n
+        self.progress.add(n)
 
     # ---- verification -----------------------------------------------------------------------------
 
@@ -379,6 +376,18 @@ class Transfer:
         results[job.rel] = MarkerFile(path=job.rel, size=size, digests=digests)
         self.progress.file_done()
         log.debug("file verified path=%s size=%d", job.rel, size)
+
+
+def _pwrite_all(fd: int, chunks: list[bytes], offset: int) -> int:
+    total = sum(len(c) for c in chunks)
+    n = os.pwritev(fd, chunks, offset)
+    if n < total:  # short write (rare on regular files): finish the rest plainly
+        rest = memoryview(b"".join(chunks))[n:]
+        while rest:
+            k = os.pwrite(fd, rest, offset + n)
+            rest = rest[k:]
+            n += k
+    return n
 
 
 def _pread_hash(fd: int, hasher: MultiHasher, n: int, offset: int) -> int:

@@ -60,7 +60,7 @@ async def ranged_get(
                 raise http_status_error(resp.status, what, resp.headers.get("X-Error-Message", ""))
             if want_range and resp.status != 206 and start > 0:
                 raise TransientError(f"{what}: server ignored Range (HTTP {resp.status})")
-            async for chunk in resp.content.iter_chunked(READ_CHUNK):
+            async for chunk in resp.content.iter_any():
                 yield chunk
     except (aiohttp.ClientError, ConnectionError) as exc:
         raise TransientError(f"{what}: {type(exc).__name__}: {exc}") from None
