@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -14,6 +15,8 @@ import pytest
 from localcache.runtime.clock import FakeClock
 from localcache.runtime.leaderelection import LeaderElectionLost
 from localcache.runtime.manager import CacheSyncTimeout, Manager, ManagerOptions, ShutdownTimeout
+from localcache.runtime.webhook import WebhookServer
+from localcache.testing.certs import TinyCA
 from tests.unit.runtime.test_leaderelection import NS, FakeLeases
 
 Log = list[str]
@@ -335,3 +338,33 @@ async def test_drain_is_bounded_by_the_grace_period() -> None:
     with pytest.raises(ShutdownTimeout, match="draining"):
         await asyncio.wait_for(run, 10)  # the stuck reconcile is cancelled once the grace period is over
     assert log == ["drain", "cancelled"]
+
+
+async def test_webhook_server_starts_before_caches_and_gates_readiness(tmp_path: Path) -> None:
+    log: Log = []
+    TinyCA().serving(["127.0.0.1"]).write(tmp_path, "tls")
+    webhook = WebhookServer(host="127.0.0.1", port=0, cert_dir=tmp_path)
+    cache = FakeCache(log)
+    original = cache.start
+
+    async def cache_start() -> None:
+        log.append(f"webhook started={webhook.started}")
+        await original()
+
+    cache.start = cache_start  # type: ignore[method-assign]
+    mgr = Manager(None, options(webhook_server=webhook), cache=cache)
+    run = asyncio.create_task(mgr.run())
+    try:
+        await until(lambda: "start cache" in log, "cache started")
+        assert log[0] == "webhook started=True"
+        server = mgr.probe_server
+        assert server is not None
+        _, body = await get(f"{server.url}/readyz?verbose")
+        assert "[+]webhook ok" in body and "[-]informer-sync" in body
+        cache.synced.set()
+        await until(lambda: mgr.ready.is_set(), "ready")
+        assert (await get(f"{server.url}/readyz"))[0] == 200
+    finally:
+        mgr.stop()
+        await asyncio.wait_for(run, 10)
+    assert not webhook.started
