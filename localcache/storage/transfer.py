@@ -253,7 +253,7 @@ class Transfer:
         try:
             retrying = AsyncRetrying(
                 stop=stop_after_attempt(s.retries + 1),
-                wait=wait_exponential_jitter(initial=0.2, max=10.0),
+                wait=wait_exponential_jitter(multiplier=0.2, max=10.0, jitter=0.2),
                 retry=retry_if_exception_type(TransientError),
                 reraise=True,
             )
