@@ -1,0 +1,898 @@
+"""The node agent: the LocalModelNode reconciler that puts this node's models on its disk.
+
+One agent runs per node (a DaemonSet) and works only the LocalModelNode named after its node. What it
+does on each pass (reference §3, with the fixes of §9.2):
+
+1. reads the ``inferenceservice-config`` ConfigMap (watched, one object) and its LocalModelNode
+   (watched with a ``metadata.name`` field selector; never the whole cluster's);
+2. pre-flight (:mod:`~localcache.controllers.hostpath`): its host directory must be the one its node
+   groups' PVs point at, and the models directory must be writable. Otherwise a ``StorageReady=False``
+   condition names both paths (or the owner and mode bits), and no Job is created;
+3. per storage key (entries with the same URI share one folder, one Job and one status): a folder
+   counts as downloaded only with a valid completion marker; otherwise the newest download Job of that
+   key decides, from its *conditions* (``Complete``/``Failed``), not its pod counts. No Job → create one.
+   A failed Job (or one that "succeeded" without writing the marker) is reported as
+   ``ModelDownloadError`` with the download program's reason (auth, not found, disk full, checksum,
+   timeout), then deleted and replaced after an exponential backoff (1 min doubling to 1 h by default);
+   the attempt number rides on the Job so the backoff survives restarts;
+4. deletes Jobs whose storage key no spec entry wants (background propagation), and, after a grace
+   period, our orphaned folders (:mod:`~localcache.controllers.diskgc`);
+5. writes ``status`` (subresource, optimistic concurrency, retried on conflict) only when it changed:
+   ``modelStatus`` (KServe's enum), ``modelStatusDetails`` (bytes, message with start/completion
+   times, Job name, transition time) and conditions ``Ready``, ``Downloading``, ``Degraded`` and
+   ``StorageReady`` (whose message carries the disk's used/available bytes). Bytes are rate-limited: a
+   new figure is published at most every 30 s, and only when it moved by at least 5 %.
+
+Duplicate Jobs are impossible by construction: the one reconcile worker sees the Job informer, and a
+Job it created is remembered until the informer shows it (the informer may lag the create by a few
+milliseconds, which is why KServe's agent ignores status-only updates and still needed a job-count
+guard). Jobs the agent deleted are likewise ignored until the informer drops them.
+
+Idle cost: no loop runs faster than ``reconcilationFrequencyInSecs`` (60 s) unless a download is in
+flight (progress every 30 s) or a retry or a folder deletion is due sooner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Protocol
+
+from localcache.api import (
+    ClusterStorageContainer,
+    ConditionType,
+    LocalModelInfo,
+    LocalModelNode,
+    LocalModelNodeGroup,
+    LocalModelNodeStatus,
+    ModelStatus,
+    ModelStatusDetail,
+    download_pvc_name,
+    label_value,
+    model_status_from_job,
+    set_condition,
+)
+from localcache.api.base import format_time, parse_time
+from localcache.api.constants import (
+    DEFAULT_CONFIG_NAMESPACE,
+    INFERENCE_SERVICE_CONFIG_NAME,
+    JOB_LABEL_NODE,
+    MODELS_DIR,
+)
+from localcache.api.core import JobStatus
+from localcache.api.naming import job_status_key
+from localcache.config import ConfigError, InferenceServiceConfig, parse_config
+from localcache.controllers import LOCAL_MODEL_NODE_GROUPS, LOCAL_MODEL_NODES, resource_of
+from localcache.controllers.credentials import (
+    ClientSecretReader,
+    CredentialError,
+    SecretReader,
+    resolve_credentials,
+    select_storage_container,
+)
+from localcache.controllers.diskgc import DEFAULT_GRACE_SECONDS, DiskGC
+from localcache.controllers.downloadjob import (
+    JobOptions,
+    build_download_job,
+    job_attempt,
+    job_storage_key,
+)
+from localcache.controllers.hostpath import PreflightResult, groups_for_node, preflight
+from localcache.runtime import SYSTEM_CLOCK, ApiError, Clock, Conflict, NotFound
+from localcache.runtime.reconcile import Request, Result
+from localcache.runtime.resources import CONFIGMAPS, JOBS, NODES, PODS, Resource
+from localcache.storage import FailureReason, parse_error_line, read_marker
+
+__all__ = [
+    "CLUSTER_STORAGE_CONTAINERS",
+    "LOCAL_MODEL_NODES",
+    "NODE_GROUPS",
+    "STORAGE_READY",
+    "AgentOptions",
+    "NodeAgent",
+    "build_agent",
+]
+
+log = logging.getLogger(__name__)
+
+NODE_GROUPS = LOCAL_MODEL_NODE_GROUPS
+CLUSTER_STORAGE_CONTAINERS = resource_of(ClusterStorageContainer)
+#: Condition type added by the agent: the pre-flight outcome, with the disk's capacity in its message.
+STORAGE_READY = "StorageReady"
+JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
+MAX_MESSAGE = 1024
+
+
+@dataclass(frozen=True)
+class AgentOptions:
+    """The agent's flags. ``models_root`` is the agent's mount of ``host_path``."""
+
+    node_name: str
+    models_root: Path
+    host_path: str
+    config_namespace: str = DEFAULT_CONFIG_NAMESPACE
+    config_name: str = INFERENCE_SERVICE_CONFIG_NAME
+    gc_grace_seconds: float = DEFAULT_GRACE_SECONDS
+    retry_base_seconds: float = 60.0
+    retry_max_seconds: float = 3600.0
+    progress_interval_seconds: float = 30.0
+    progress_min_change: float = 0.05
+    created_job_memory_seconds: float = 300.0
+    job: JobOptions = field(default_factory=JobOptions)
+
+    def __post_init__(self) -> None:
+        if not self.node_name:
+            raise ValueError("agent option node_name is empty: set --node-name or the NODE_NAME env")
+        if not self.host_path:
+            raise ValueError("agent option host_path is empty: set --host-path")
+        if self.retry_base_seconds <= 0 or self.retry_max_seconds < self.retry_base_seconds:
+            raise ValueError("agent options: need 0 < retry_base_seconds <= retry_max_seconds")
+
+    @property
+    def models_dir(self) -> Path:
+        return Path(self.models_root) / MODELS_DIR
+
+    @property
+    def job_label_selector(self) -> str:
+        return f"{JOB_LABEL_NODE}={label_value(self.node_name)}"
+
+
+class AgentCache(Protocol):
+    """The reads the agent makes (satisfied by :class:`localcache.runtime.cache.InformerCache`)."""
+
+    def get_cached(self, resource: Resource, name: str, namespace: str | None = None) -> Any: ...
+
+    def list(
+        self, resource: Resource, namespace: str | None = None, *, label_selector: Any = None
+    ) -> Any: ...
+
+    def informer_for(
+        self,
+        resource: Resource,
+        *,
+        namespace: str | None = None,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+    ) -> Any: ...
+
+
+@dataclass
+class _Outcome:
+    status: ModelStatus
+    message: str
+    job_name: str | None = None
+    bytes: int | None = None
+    active: bool = False
+    wake_in: float | None = None
+
+
+@dataclass
+class _Published:
+    value: int
+    at: float
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{int(n)}B" if unit == "B" else f"{n:.1f}{unit}"
+        n /= 1024
+    return f"{n:.1f}PiB"
+
+
+def _folder_bytes(path: Path) -> int:
+    """Allocated bytes under ``path`` (staging included): what the download has written so far."""
+    total = 0
+    stack = [path]
+    while stack:
+        current = stack.pop()
+        try:
+            with os.scandir(current) as entries:
+                for entry in entries:
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            stack.append(Path(entry.path))
+                        elif entry.is_file(follow_symlinks=False):
+                            total += entry.stat(follow_symlinks=False).st_size
+                    except OSError:
+                        continue
+        except OSError:
+            continue
+    return total
+
+
+def _created(job: Mapping[str, Any]) -> tuple[str, str]:
+    meta = job.get("metadata") or {}
+    return (meta.get("creationTimestamp") or "", meta.get("name") or "")
+
+
+def _job_name(job: Mapping[str, Any]) -> str:
+    return str((job.get("metadata") or {}).get("name") or "")
+
+
+def _job_uid(job: Mapping[str, Any]) -> str:
+    return str((job.get("metadata") or {}).get("uid") or _job_name(job))
+
+
+def _finished(status: JobStatus) -> bool:
+    return any(
+        status.condition_true(t) for t in ("Complete", "Failed", "SuccessCriteriaMet", "FailureTarget")
+    )
+
+
+def _clip(message: str) -> str:
+    message = " ".join(message.split())
+    return message if len(message) <= MAX_MESSAGE else message[: MAX_MESSAGE - 3] + "..."
+
+
+class NodeAgent:
+    """The reconciler (``await agent.reconcile(Request("", node))``); see the module docstring."""
+
+    def __init__(
+        self,
+        client: Any,
+        cache: AgentCache,
+        options: AgentOptions,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        secrets: SecretReader | None = None,
+        recorder: Any = None,
+        watch_jobs: Callable[[Any], None] | None = None,
+    ) -> None:
+        self.client = client
+        self.cache = cache
+        self.options = options
+        self.clock = clock
+        self.secrets = secrets or ClientSecretReader(client)
+        self.recorder = recorder
+        self.watch_jobs = watch_jobs
+        self.gc = DiskGC(options.models_dir, grace_seconds=options.gc_grace_seconds, clock=clock)
+        self._watched_job_namespaces: set[str] = set()
+        self._created: dict[str, tuple[dict[str, Any], float]] = {}  # storage key → (Job, created at)
+        self._deleted: set[str] = set()  # uids of Jobs we deleted, until the informer drops them
+        self._failed_seen: dict[str, float] = {}  # failed Job uid → monotonic time the failure began
+        self._failure_text: dict[str, tuple[str, str]] = {}  # failed Job uid → (reason, message)
+        self._progress: dict[str, _Published] = {}
+        self._capacity: tuple[_Published, int, int] | None = None  # (used, total, available)
+        self._preflight_key: tuple[Any, ...] | None = None
+        self._preflight: PreflightResult | None = None
+        self.last_preflight: PreflightResult | None = None
+
+    @property
+    def node_name(self) -> str:
+        return self.options.node_name
+
+    # --- reads ---------------------------------------------------------------------------------------
+    def _config(self) -> InferenceServiceConfig:
+        ns, name = self.options.config_namespace, self.options.config_name
+        source = f"{ns}/{name}"
+        cm = self.cache.get_cached(CONFIGMAPS, name, ns)
+        if cm is None:
+            raise ConfigError(source, "-", "not found")
+        return parse_config(cm.get("data") or {}, source=source)
+
+    def _jobs_synced(self, namespace: str) -> bool:
+        """Make sure Jobs of this node in ``namespace`` are watched; True once that informer synced."""
+        informer = self.cache.informer_for(
+            JOBS, namespace=namespace, label_selector=self.options.job_label_selector
+        )
+        if namespace not in self._watched_job_namespaces:
+            self._watched_job_namespaces.add(namespace)
+            if self.watch_jobs is not None:
+                self.watch_jobs(informer)
+        return bool(informer.has_synced())
+
+    def _groups(self) -> list[LocalModelNodeGroup]:
+        out = []
+        for raw in self.cache.list(NODE_GROUPS):
+            try:
+                out.append(LocalModelNodeGroup.from_dict(raw))
+            except ValueError as exc:
+                name = (raw.get("metadata") or {}).get("name")
+                log.warning("ignoring invalid LocalModelNodeGroup %s: %s", name, exc, extra={"group": name})
+        return out
+
+    async def _storage_containers(self) -> list[ClusterStorageContainer]:
+        """Read directly when a Job is about to be made (rare); a missing CRD means none."""
+        try:
+            items, _ = await self.client.list_all(CLUSTER_STORAGE_CONTAINERS)
+        except NotFound:
+            return []
+        out = []
+        for raw in items:
+            try:
+                out.append(ClusterStorageContainer.from_dict(raw))
+            except ValueError as exc:
+                log.warning("ignoring invalid ClusterStorageContainer: %s", exc)
+        return out
+
+    # --- pre-flight ----------------------------------------------------------------------------------
+    def _run_preflight(self, groups: list[LocalModelNodeGroup]) -> PreflightResult:
+        """Re-run when the groups, their paths or the config change, or while it fails."""
+        key = tuple(sorted((g.name, g.spec.host_path or "") for g in groups))
+        if self._preflight is not None and self._preflight.ok and key == self._preflight_key:
+            return self._preflight
+        result = preflight(self.options.models_root, self.options.host_path, groups)
+        if not result.ok and (self._preflight is None or self._preflight.message != result.message):
+            log.error(
+                "pre-flight failed: %s",
+                result.message,
+                extra={"node": self.node_name, "reason": result.reason},
+            )
+        self._preflight, self._preflight_key = result, key
+        return result
+
+    # --- the reconcile -------------------------------------------------------------------------------
+    async def reconcile(self, request: Request) -> Result | None:
+        if request.name != self.node_name:
+            return None
+        obj = self.cache.get_cached(LOCAL_MODEL_NODES, self.node_name)
+        if obj is None:
+            return None
+        lmn = LocalModelNode.from_dict(obj)
+        entries: dict[str, list[LocalModelInfo]] = {}
+        for info in lmn.spec.local_models:
+            entries.setdefault(info.storage_key, []).append(info)
+
+        try:
+            cfg = self._config()
+        except ConfigError as exc:
+            blocked = PreflightResult(False, "ConfigInvalid", str(exc))
+            outcomes = {sk: await self._blocked(sk, infos[0], blocked) for sk, infos in entries.items()}
+            await self._write_status(obj, lmn, outcomes, blocked)
+            return Result(requeue_after=60.0)
+        freq = float(cfg.local_model.reconcilation_frequency_in_secs)
+        namespace = cfg.local_model.job_namespace
+        if not self._jobs_synced(namespace):
+            return Result(requeue_after=1.0)
+
+        groups = self._groups()
+        node = self.cache.get_cached(NODES, self.node_name)
+        members = groups_for_node(node, groups)
+        named = {info.node_group for info in lmn.spec.local_models if info.node_group}
+        checked = {g.name: g for g in [*members, *(g for g in groups if g.name in named)]}
+        pre = self._run_preflight(list(checked.values()))
+        self.last_preflight = pre
+
+        wake = freq
+        outcomes: dict[str, _Outcome] = {}
+        if not pre.ok:
+            for sk, infos in entries.items():
+                outcomes[sk] = await self._blocked(sk, infos[0], pre)
+        else:
+            jobs = self._jobs_by_key(namespace, lmn)
+            await self._delete_unwanted(jobs, set(entries), namespace)
+            for sk, infos in entries.items():
+                outcome = await self._model(sk, infos[0], jobs.get(sk, []), cfg, namespace, lmn, members, obj)
+                outcomes[sk] = outcome
+                if outcome.wake_in is not None:
+                    wake = min(wake, outcome.wake_in)
+                if outcome.active:
+                    wake = min(wake, self.options.progress_interval_seconds)
+            gc = await self.gc.collect(entries)
+            if gc.deleted and self.recorder is not None:
+                self.recorder.normal(
+                    obj,
+                    "ModelFolderDeleted",
+                    f"deleted unreferenced folders {gc.deleted}",
+                    resource=LOCAL_MODEL_NODES,
+                )
+            if gc.next_due is not None:
+                wake = min(wake, gc.next_due)
+        await self._write_status(obj, lmn, outcomes, pre)
+        return Result(requeue_after=max(wake, 1.0))
+
+    async def _blocked(self, sk: str, info: LocalModelInfo, pre: PreflightResult) -> _Outcome:
+        marker = await asyncio.to_thread(read_marker, self.options.models_dir / sk, info.source_model_uri)
+        if marker is not None:
+            return self._downloaded(marker, None)
+        return _Outcome(ModelStatus.DOWNLOAD_ERROR, _clip(f"{pre.reason}: {pre.message}"))
+
+    def _jobs_by_key(self, namespace: str, lmn: LocalModelNode) -> dict[str, list[dict[str, Any]]]:
+        listed = self.cache.list(JOBS, namespace, label_selector=self.options.job_label_selector)
+        present_uids = {_job_uid(j) for j in listed}
+        self._deleted &= present_uids
+        for uid in list(self._failed_seen):
+            if uid not in present_uids:
+                self._failed_seen.pop(uid, None)
+                self._failure_text.pop(uid, None)
+        by_status_key = {info.status_key: info.storage_key for info in lmn.spec.local_models}
+        out: dict[str, list[dict[str, Any]]] = {}
+        names = set()
+        for job in listed:
+            meta = job.get("metadata") or {}
+            names.add(meta.get("name"))
+            if meta.get("deletionTimestamp") or _job_uid(job) in self._deleted:
+                continue
+            sk = job_storage_key(job) or by_status_key.get(job_status_key(meta.get("labels") or {}) or "")
+            if sk is None:
+                continue
+            out.setdefault(sk, []).append(job)
+        now = self.clock.monotonic()
+        for sk, (job, at) in list(self._created.items()):
+            if _job_name(job) in names or now - at > self.options.created_job_memory_seconds:
+                del self._created[sk]  # the informer has it (or it vanished long ago)
+            else:
+                out.setdefault(sk, []).append(job)
+        return out
+
+    async def _delete_job(self, job: Mapping[str, Any], namespace: str, why: str) -> None:
+        name = _job_name(job)
+        try:
+            await self.client.delete(JOBS, name, namespace, propagation_policy="Background", missing_ok=True)
+        except NotFound:
+            pass
+        self._deleted.add(_job_uid(job))
+        for sk, (created, _) in list(self._created.items()):
+            if _job_name(created) == name:
+                del self._created[sk]
+        log.info("deleted download Job %s/%s: %s", namespace, name, why, extra={"job": name, "why": why})
+
+    async def _delete_unwanted(
+        self, jobs: dict[str, list[dict[str, Any]]], wanted: set[str], namespace: str
+    ) -> None:
+        for sk in [k for k in jobs if k not in wanted]:
+            for job in jobs.pop(sk):
+                await self._delete_job(job, namespace, f"storage key {sk} is no longer in the spec")
+            self._progress.pop(sk, None)
+
+    def _downloaded(self, marker: Any, job_name: str | None) -> _Outcome:
+        completed = format_time(marker.completed_at)
+        started = format_time(marker.started_at)
+        return _Outcome(
+            ModelStatus.DOWNLOADED,
+            f"downloaded {_human(marker.total_bytes)} in {len(marker.files)} files; "
+            f"started {started}, completed {completed} ({marker.duration_s:.0f}s)",
+            job_name=job_name,
+            bytes=marker.total_bytes,
+        )
+
+    def _published_bytes(self, sk: str, measured: int) -> int:
+        """Rate limit: a new figure at most every interval, and only after a 5 % move."""
+        now = self.clock.monotonic()
+        last = self._progress.get(sk)
+        if last is None:
+            self._progress[sk] = _Published(measured, now)
+            return measured
+        moved = abs(measured - last.value) >= max(1, last.value) * self.options.progress_min_change
+        if now - last.at >= self.options.progress_interval_seconds and moved:
+            self._progress[sk] = _Published(measured, now)
+            return measured
+        return last.value
+
+    async def _model(
+        self,
+        sk: str,
+        info: LocalModelInfo,
+        jobs: list[dict[str, Any]],
+        cfg: InferenceServiceConfig,
+        namespace: str,
+        lmn: LocalModelNode,
+        members: list[LocalModelNodeGroup],
+        obj: dict[str, Any],
+    ) -> _Outcome:
+        folder = self.options.models_dir / sk
+        jobs = sorted(jobs, key=_created)
+        latest = jobs[-1] if jobs else None
+        for extra in jobs[:-1]:  # never two live downloads into one folder
+            if not _finished(JobStatus.from_dict(extra.get("status") or {})):
+                await self._delete_job(extra, namespace, f"a newer download Job exists for {sk}")
+        marker = await asyncio.to_thread(read_marker, folder, info.source_model_uri)
+        if marker is not None:
+            self._progress.pop(sk, None)
+            return self._downloaded(marker, _job_name(latest) if latest else None)
+        if latest is None:
+            return await self._start(sk, info, cfg, namespace, lmn, members, obj, attempt=1)
+
+        name = _job_name(latest)
+        status = JobStatus.from_dict(latest.get("status") or {})
+        state = model_status_from_job(status)
+        if not _finished(status):
+            # A failed pod inside the backoff limit is the Job retrying, not a failed download (§8.B-13).
+            if state != ModelStatus.DOWNLOAD_PENDING:
+                state = ModelStatus.DOWNLOADING
+            measured = await asyncio.to_thread(_folder_bytes, folder)
+            shown = self._published_bytes(sk, measured)
+            since = status.start_time or (latest.get("metadata") or {}).get("creationTimestamp") or "?"
+            verb = "running" if state == ModelStatus.DOWNLOADING else "pending"
+            return _Outcome(
+                state,
+                f"download Job {name} {verb} since {since} (attempt {job_attempt(latest)}); "
+                f"{_human(shown)} on disk",
+                job_name=name,
+                bytes=shown,
+                active=True,
+            )
+        if state == ModelStatus.DOWNLOADED:  # Complete, yet no marker: not a finished model
+            reason, detail = (
+                "MarkerMissing",
+                f"download Job {name} succeeded but {folder.name} has no valid completion marker; "
+                "the folder is incomplete (is the Job image localcache's download program?)",
+            )
+        else:
+            reason, detail = await self._failure_of(latest, status, namespace)
+        return await self._after_failure(sk, info, latest, reason, detail, cfg, namespace, lmn, members, obj)
+
+    async def _after_failure(
+        self,
+        sk: str,
+        info: LocalModelInfo,
+        job: dict[str, Any],
+        reason: str,
+        detail: str,
+        cfg: InferenceServiceConfig,
+        namespace: str,
+        lmn: LocalModelNode,
+        members: list[LocalModelNodeGroup],
+        obj: dict[str, Any],
+    ) -> _Outcome:
+        uid, name = _job_uid(job), _job_name(job)
+        attempt = job_attempt(job)
+        now = self.clock.monotonic()
+        if uid not in self._failed_seen:
+            elapsed = 0.0
+            failed_at = self._failure_time(job)
+            if failed_at is not None:
+                elapsed = max(0.0, (self.clock.now() - failed_at).total_seconds())
+            self._failed_seen[uid] = now - elapsed
+            log.warning(
+                "download failed: %s: %s",
+                reason,
+                detail,
+                extra={"job": name, "storage_key": sk, "reason": reason, "attempt": attempt},
+            )
+            if self.recorder is not None:
+                self.recorder.warning(
+                    obj,
+                    "DownloadFailed",
+                    _clip(f"{info.status_key}: {reason}: {detail}"),
+                    resource=LOCAL_MODEL_NODES,
+                )
+        delay = min(self.options.retry_base_seconds * 2 ** (attempt - 1), self.options.retry_max_seconds)
+        due_in = self._failed_seen[uid] + delay - now
+        if due_in > 0:
+            retry_at = format_time(self.clock.now() + timedelta(seconds=due_in))
+            return _Outcome(
+                ModelStatus.DOWNLOAD_ERROR,
+                _clip(f"{reason}: {detail} (Job {name}, attempt {attempt}; next attempt at {retry_at})"),
+                job_name=name,
+                wake_in=due_in,
+            )
+        await self._delete_job(job, namespace, f"retrying after {reason} (attempt {attempt})")
+        self._failed_seen.pop(uid, None)
+        self._failure_text.pop(uid, None)
+        return await self._start(
+            sk, info, cfg, namespace, lmn, members, obj, attempt=attempt + 1, previous=f"{reason}: {detail}"
+        )
+
+    @staticmethod
+    def _failure_time(job: Mapping[str, Any]) -> datetime | None:
+        for cond in (job.get("status") or {}).get("conditions") or []:
+            if cond.get("type") in ("Failed", "FailureTarget", "Complete") and cond.get("status") == "True":
+                raw = cond.get("lastTransitionTime")
+                if raw:
+                    with contextlib.suppress(ValueError):
+                        return parse_time(raw)
+        return None
+
+    async def _failure_of(self, job: dict[str, Any], status: JobStatus, namespace: str) -> tuple[str, str]:
+        """The download program's reason: Job condition message, else the pod's termination message."""
+        uid = _job_uid(job)
+        if uid in self._failure_text:
+            return self._failure_text[uid]
+        name = _job_name(job)
+        cond = status.condition_true("Failed") or status.condition_true("FailureTarget")
+        result: tuple[str, str] | None = None
+        if cond is not None:
+            parsed = parse_error_line(cond.message or "")
+            if parsed is not None:
+                result = (parsed.reason.value, parsed.message)
+            elif cond.reason == "DeadlineExceeded":
+                result = (
+                    FailureReason.TIMEOUT.value,
+                    f"download Job {name} exceeded activeDeadlineSeconds "
+                    f"({(job.get('spec') or {}).get('activeDeadlineSeconds')}s)",
+                )
+        if result is None:
+            result = await self._pod_failure(name, namespace)
+        if result is None:
+            why = (cond.reason or "Failed") if cond is not None else "Failed"
+            text = (cond.message if cond is not None else None) or f"download Job {name} failed"
+            result = (why, text)
+        self._failure_text[uid] = result
+        return result
+
+    async def _pod_failure(self, job_name: str, namespace: str) -> tuple[str, str] | None:
+        try:
+            page = await self.client.list(PODS, namespace, label_selector=f"{JOB_NAME_LABEL}={job_name}")
+        except ApiError as exc:
+            log.info("cannot read pods of Job %s/%s: %s", namespace, job_name, exc)
+            return None
+        pods = sorted(page.get("items") or [], key=_created)
+        for pod in reversed(pods):
+            for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+                for state in (cs.get("state") or {}, cs.get("lastState") or {}):
+                    term = state.get("terminated")
+                    if not term or term.get("exitCode") in (None, 0):
+                        continue
+                    parsed = parse_error_line(term.get("message") or "")
+                    if parsed is not None:
+                        return parsed.reason.value, parsed.message
+                    reason = FailureReason.from_exit_code(int(term["exitCode"]))
+                    label = reason.value if reason else "Unknown"
+                    return (
+                        label,
+                        f"container exited with code {term['exitCode']} ({term.get('reason') or ''})",
+                    )
+        return None
+
+    async def _start(
+        self,
+        sk: str,
+        info: LocalModelInfo,
+        cfg: InferenceServiceConfig,
+        namespace: str,
+        lmn: LocalModelNode,
+        members: list[LocalModelNodeGroup],
+        obj: dict[str, Any],
+        *,
+        attempt: int,
+        previous: str | None = None,
+    ) -> _Outcome:
+        group = info.node_group or (members[0].name if members else None)
+        if not group:
+            return _Outcome(
+                ModelStatus.DOWNLOAD_ERROR,
+                f"NodeGroupNotFound: the entry names no nodeGroup and no LocalModelNodeGroup's PV "
+                f"nodeAffinity matches node {self.node_name}",
+            )
+        csc = select_storage_container(await self._storage_containers(), info.source_model_uri)
+        credentials = None
+        if csc is None:
+            try:
+                credentials = await resolve_credentials(info, cfg.credentials, namespace, self.secrets)
+            except CredentialError as exc:
+                log.warning(
+                    "credentials for %s unusable: %s",
+                    info.status_key,
+                    exc.message,
+                    extra={"model": info.status_key, "reason": exc.reason},
+                )
+                return _Outcome(ModelStatus.DOWNLOAD_ERROR, _clip(f"{exc.reason}: {exc.message}"))
+        body = build_download_job(
+            info=info,
+            node_name=self.node_name,
+            node_uid=lmn.metadata.uid or "",
+            job_namespace=namespace,
+            pvc_name=download_pvc_name(info.model_name, info.namespace, group),
+            config=cfg,
+            credentials=credentials,
+            storage_container=csc,
+            options=self.options.job,
+            attempt=attempt,
+        )
+        created = await self.client.create(JOBS, body, namespace)
+        self._created[sk] = (created, self.clock.monotonic())
+        name = _job_name(created)
+        source = (
+            f"cluster storage container {csc.name}" if csc else (credentials.source if credentials else "")
+        )
+        log.info(
+            "created download Job %s/%s for %s",
+            namespace,
+            name,
+            info.source_model_uri,
+            extra={"job": name, "storage_key": sk, "attempt": attempt, "credentials": source},
+        )
+        if self.recorder is not None:
+            self.recorder.normal(
+                obj,
+                "DownloadStarted",
+                f"{info.status_key}: Job {namespace}/{name}",
+                resource=LOCAL_MODEL_NODES,
+            )
+        message = f"download Job {name} created (attempt {attempt})"
+        if previous:
+            message += f"; previous attempt failed: {previous}"
+        return _Outcome(ModelStatus.DOWNLOAD_PENDING, _clip(message), job_name=name, bytes=None, active=True)
+
+    # --- status --------------------------------------------------------------------------------------
+    def _capacity_text(self) -> str:
+        try:
+            st = os.statvfs(self.options.models_root)
+        except OSError as exc:
+            return f"disk capacity unknown ({exc.strerror or exc})"
+        total = st.f_blocks * st.f_frsize
+        available = st.f_bavail * st.f_frsize
+        used = total - st.f_bfree * st.f_frsize
+        now = self.clock.monotonic()
+        last = self._capacity
+        if last is None or (
+            now - last[0].at >= self.options.progress_interval_seconds
+            and abs(used - last[0].value) >= max(1, total) * self.options.progress_min_change
+        ):
+            self._capacity = (_Published(used, now), total, available)
+        published, total, available = self._capacity  # type: ignore[misc]
+        pct = 100.0 * published.value / total if total else 0.0
+        return (
+            f"disk: {_human(published.value)} used of {_human(total)} ({pct:.0f}%), "
+            f"{_human(available)} available"
+        )
+
+    def _new_status(
+        self, lmn: LocalModelNode, outcomes: dict[str, _Outcome], pre: PreflightResult
+    ) -> LocalModelNodeStatus:
+        now = self.clock.now()
+        old = lmn.status or LocalModelNodeStatus()
+        old_details = old.model_status_details or {}
+        model_status: dict[str, ModelStatus] = {}
+        details: dict[str, ModelStatusDetail] = {}
+        for info in lmn.spec.local_models:
+            key, sk = info.status_key, info.storage_key
+            outcome = outcomes.get(sk)
+            if outcome is None:
+                continue
+            model_status[key] = outcome.status
+            prev = old_details.get(key)
+            since = (
+                prev.last_transition_time
+                if prev is not None and prev.status == outcome.status and prev.last_transition_time
+                else now
+            )
+            details[key] = ModelStatusDetail(
+                status=outcome.status,
+                last_transition_time=since,
+                storage_key=sk,
+                bytes=outcome.bytes,
+                message=outcome.message or None,
+                job_name=outcome.job_name,
+            )
+        values = list(model_status.values())
+        errors = sum(v == ModelStatus.DOWNLOAD_ERROR for v in values)
+        busy = sum(v in (ModelStatus.DOWNLOAD_PENDING, ModelStatus.DOWNLOADING) for v in values)
+        done = sum(v == ModelStatus.DOWNLOADED for v in values)
+        gen = lmn.generation
+        conditions = old.conditions
+        storage_msg = pre.message if not pre.ok else f"{pre.message}; {self._capacity_text()}"
+        conditions, _ = set_condition(
+            conditions,
+            STORAGE_READY,
+            pre.ok,
+            reason=pre.reason,
+            message=storage_msg,
+            observed_generation=gen,
+            now=now,
+        )
+        if not pre.ok:
+            ready_reason, ready_msg = pre.reason, pre.message
+        elif done == len(values):
+            ready_reason, ready_msg = "ModelsDownloaded", f"{done} of {len(values)} models downloaded"
+        else:
+            ready_reason = "DownloadFailed" if errors else "Downloading"
+            ready_msg = f"{done} of {len(values)} downloaded, {busy} in progress, {errors} failed"
+        conditions, _ = set_condition(
+            conditions,
+            ConditionType.READY,
+            pre.ok and done == len(values),
+            reason=ready_reason,
+            message=ready_msg,
+            observed_generation=gen,
+            now=now,
+        )
+        conditions, _ = set_condition(
+            conditions,
+            ConditionType.DOWNLOADING,
+            busy > 0,
+            reason="DownloadsInProgress" if busy else "NoDownloads",
+            message=f"{busy} downloads pending or running",
+            observed_generation=gen,
+            now=now,
+        )
+        degraded = errors > 0 or not pre.ok
+        conditions, _ = set_condition(
+            conditions,
+            ConditionType.DEGRADED,
+            degraded,
+            reason=(pre.reason if not pre.ok else "DownloadFailed") if degraded else "AsExpected",
+            message=pre.message if not pre.ok else f"{errors} models failed to download",
+            observed_generation=gen,
+            now=now,
+        )
+        return LocalModelNodeStatus(
+            model_status=model_status, model_status_details=details, conditions=conditions
+        )
+
+    async def _write_status(
+        self, obj: dict[str, Any], lmn: LocalModelNode, outcomes: dict[str, _Outcome], pre: PreflightResult
+    ) -> bool:
+        status = self._new_status(lmn, outcomes, pre).to_dict()
+        if status == (obj.get("status") or {}):
+            return False
+        identity = {"apiVersion": LOCAL_MODEL_NODES.api_version, "kind": LOCAL_MODEL_NODES.kind}
+        body = {**obj, **identity, "status": status}
+        for _ in range(4):
+            try:
+                await self.client.update_status(LOCAL_MODEL_NODES, body)
+                return True
+            except Conflict:
+                fresh = await self.client.get(LOCAL_MODEL_NODES, self.node_name)
+                if (fresh.get("status") or {}) == status:
+                    return False
+                body = {**fresh, **identity, "status": status}
+        raise Conflict(f"LocalModelNode {self.node_name}: status update kept conflicting")
+
+
+def build_agent(
+    manager: Any, options: AgentOptions, *, initial_job_namespace: str, recorder: Any = None
+) -> NodeAgent:
+    """Wire the agent into a :class:`~localcache.runtime.manager.Manager` whose cache is scoped to
+    this node (see :func:`agent_cache`): one controller, watching only this node's objects."""
+    from localcache.runtime.builder import Builder
+    from localcache.runtime.handlers import EnqueueRequestsFromMapFunc
+    from localcache.runtime.predicates import annotations_changed, generation_changed, labels_changed
+
+    cache = manager.cache
+    request = Request("", options.node_name)
+
+    def to_node(_obj: dict[str, Any]) -> list[Request]:
+        return [request]
+
+    holder: dict[str, Any] = {}
+
+    def watch_jobs(informer: Any) -> None:
+        controller = holder.get("controller")
+        if controller is not None:
+            controller.watch(informer, EnqueueRequestsFromMapFunc(to_node))
+
+    agent = NodeAgent(
+        manager.client, cache, options, clock=manager.clock, recorder=recorder, watch_jobs=watch_jobs
+    )
+    controller = (
+        Builder(manager.client, cache, name="localmodelnode-agent")
+        .for_(LOCAL_MODEL_NODES, predicates=[generation_changed() | annotations_changed()])
+        .watches(NODE_GROUPS, to_node)
+        .build(agent)
+    )
+    holder["controller"] = controller
+    controller.watch(
+        cache.informer_for(CONFIGMAPS, namespace=options.config_namespace),
+        EnqueueRequestsFromMapFunc(to_node),
+    )
+    controller.watch(cache.informer_for(NODES), EnqueueRequestsFromMapFunc(to_node), labels_changed())
+    agent._jobs_synced(initial_job_namespace)
+    manager.add(controller)
+    return agent
+
+
+def agent_cache(client: Any, options: AgentOptions, *, clock: Clock = SYSTEM_CLOCK) -> Any:
+    """An informer cache that sees only this node's LocalModelNode, Node, Jobs and the one ConfigMap."""
+    from localcache.runtime.cache import InformerCache
+
+    return InformerCache(
+        client,
+        field_selectors={
+            LOCAL_MODEL_NODES: f"metadata.name={options.node_name}",
+            NODES: f"metadata.name={options.node_name}",
+            CONFIGMAPS: f"metadata.name={options.config_name}",
+        },
+        label_selectors={JOBS: options.job_label_selector},
+        clock=clock,
+    )
+
+
+async def initial_job_namespace(client: Any, options: AgentOptions) -> str:
+    """The job namespace to watch from the start (the config's, else the default)."""
+    from localcache.api.constants import DEFAULT_JOB_NAMESPACE
+
+    try:
+        cm = await client.get(CONFIGMAPS, options.config_name, options.config_namespace)
+        return parse_config(cm.get("data") or {}).local_model.job_namespace
+    except (ApiError, ConfigError) as exc:
+        log.warning("cannot read the job namespace from the config yet (%s); watching the default", exc)
+        return DEFAULT_JOB_NAMESPACE
