@@ -527,6 +527,13 @@ def test_agent_reads_secrets_only_in_the_job_namespace(crds: TestCluster, tmp_pa
     ]
     ensure_namespaces(crds, "kserve", "kserve-localmodel-jobs")
     kubectl(crds, "apply", "-f", "-", stdin=yaml.safe_dump_all(rbac))
+    try:
+        check_rbac(crds, tmp_path)
+    finally:
+        kubectl(crds, "delete", "--ignore-not-found", "-f", "-", stdin=yaml.safe_dump_all(rbac), check=False)
+
+
+def check_rbac(crds: TestCluster, tmp_path: Path) -> None:
 
     def can(user: str, *args: str) -> bool:
         config = crds.plane.user_kubeconfig(  # type: ignore[union-attr]
