@@ -15,12 +15,16 @@ Probe semantics are the Kubernetes ones (``k8s.io/apiserver/pkg/server/healthz``
 * with no checks registered the endpoint is healthy (``ping`` semantics).
 
 ``/metrics`` serves prometheus_client's default ``REGISTRY`` (process and Python collectors
-included) with content negotiation (Prometheus text or OpenMetrics).
+included) with content negotiation (Prometheus text or OpenMetrics). Like controller-runtime's
+secure metrics serving, it can be served over TLS (certificate files hot-reloaded) and protected by
+:class:`KubernetesAuth`: the bearer token is checked with a TokenReview and the caller's right to
+``get`` the path with a SubjectAccessReview (RBAC ``nonResourceURLs: ["/metrics"]``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import inspect
 import logging
 import re
@@ -32,11 +36,30 @@ from aiohttp import web
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
-__all__ = ["Checker", "Checks", "HTTPServer", "parse_bind_address", "ping"]
+from localcache.runtime import errors
+from localcache.runtime.clock import SYSTEM_CLOCK, Clock
+from localcache.runtime.resources import Resource
+from localcache.runtime.webhook import CertWatcher
+
+__all__ = [
+    "SUBJECT_ACCESS_REVIEWS",
+    "TOKEN_REVIEWS",
+    "Checker",
+    "Checks",
+    "HTTPServer",
+    "KubernetesAuth",
+    "parse_bind_address",
+    "ping",
+]
 
 log = logging.getLogger(__name__)
 
 Checker = Callable[[], Any | Awaitable[Any]]
+AuthFilter = Callable[[web.Request], Awaitable[web.Response | None]]
+TOKEN_REVIEWS = Resource("authentication.k8s.io", "v1", "tokenreviews", "TokenReview", False)
+SUBJECT_ACCESS_REVIEWS = Resource(
+    "authorization.k8s.io", "v1", "subjectaccessreviews", "SubjectAccessReview", False
+)
 _NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]*$")
 
 
@@ -113,6 +136,74 @@ class Checks:
         return all(r.ok for r in await self.run())
 
 
+class KubernetesAuth:
+    """Delegated authentication and authorization against the API server, for ``/metrics``.
+
+    controller-runtime's ``filters.WithAuthenticationAndAuthorization``: no bearer token → 401; a token
+    the TokenReview rejects → 401; a user the SubjectAccessReview denies ``get`` on the path → 403.
+    Decisions are cached for ``cache_ttl`` seconds per token hash and path, so a scrape every few
+    seconds costs two API calls per TTL. Tokens are never logged.
+    """
+
+    def __init__(self, client: Any, *, cache_ttl: float = 10.0, clock: Clock = SYSTEM_CLOCK) -> None:
+        self.client = client
+        self.cache_ttl = cache_ttl
+        self._clock = clock
+        self._decisions: dict[tuple[str, str, str], tuple[float, int, str]] = {}
+
+    async def __call__(self, request: web.Request) -> web.Response | None:
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            return web.Response(status=401, text="Unauthorized: a bearer token is required\n")
+        verb = request.method.lower()
+        key = (hashlib.sha256(token.encode()).hexdigest(), request.path, verb)
+        now = self._clock.monotonic()
+        cached = self._decisions.get(key)
+        if cached is None or cached[0] < now:
+            status, reason = await self._review(token, request.path, verb)
+            cached = (now + self.cache_ttl, status, reason)
+            if status != 500:  # never cache a failed check
+                if len(self._decisions) > 1024:
+                    self._decisions.clear()
+                self._decisions[key] = cached
+        _, status, reason = cached
+        if status == 200:
+            return None
+        return web.Response(status=status, text=reason + "\n")
+
+    async def _review(self, token: str, path: str, verb: str) -> tuple[int, str]:
+        try:
+            review = await self.client.create(TOKEN_REVIEWS, {
+                "apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "metadata": {},
+                "spec": {"token": token},
+            })  # fmt: skip
+            status = review.get("status") or {}
+            if not status.get("authenticated"):
+                return 401, "Unauthorized: the token was not accepted"
+            user = status.get("user") or {}
+            spec: dict[str, Any] = {
+                "user": user.get("username", ""),
+                "groups": user.get("groups") or [],
+                "nonResourceAttributes": {"path": path, "verb": verb},
+            }
+            if user.get("uid"):
+                spec["uid"] = user["uid"]
+            if user.get("extra"):
+                spec["extra"] = user["extra"]
+            access = await self.client.create(SUBJECT_ACCESS_REVIEWS, {
+                "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "metadata": {},
+                "spec": spec,
+            })  # fmt: skip
+        except (errors.ApiError, OSError) as exc:
+            log.warning("metrics authorization check failed", extra={"path": path, "error": str(exc)})
+            return 500, "Internal Server Error: authorization check failed"
+        if not (access.get("status") or {}).get("allowed"):
+            return 403, f"Forbidden: user {spec['user']!r} may not {verb} {path}"
+        return 200, ""
+
+
 class HTTPServer:
     """One aiohttp server for any of metrics and the two probe endpoints; a runnable."""
 
@@ -127,6 +218,8 @@ class HTTPServer:
         readyz: Checks | None = None,
         registry: CollectorRegistry = REGISTRY,
         name: str = "http",
+        certs: CertWatcher | None = None,
+        metrics_auth: AuthFilter | None = None,
     ) -> None:
         parsed = parse_bind_address(bind_address)
         if parsed is None:
@@ -137,6 +230,8 @@ class HTTPServer:
         self.healthz = healthz
         self.readyz = readyz
         self.registry = registry
+        self.certs = certs
+        self.metrics_auth = metrics_auth
         self._started = asyncio.Event()
 
     @property
@@ -145,7 +240,8 @@ class HTTPServer:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host or '127.0.0.1'}:{self._port}"
+        scheme = "https" if self.certs is not None else "http"
+        return f"{scheme}://{self.host or '127.0.0.1'}:{self._port}"
 
     async def wait_started(self) -> None:
         await self._started.wait()
@@ -164,7 +260,11 @@ class HTTPServer:
         runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
         await runner.setup()
         try:
-            site = web.TCPSite(runner, self.host, self._port)
+            ssl_context = None
+            if self.certs is not None:
+                self.certs.load()
+                ssl_context = self.certs.server_context()
+            site = web.TCPSite(runner, self.host, self._port, ssl_context=ssl_context)
             await site.start()
             server = site._server
             if server is not None and getattr(server, "sockets", None):
@@ -173,12 +273,19 @@ class HTTPServer:
             log.info(
                 "http server listening", extra={"server": self.name, "host": self.host, "port": self._port}
             )
-            await asyncio.Event().wait()
+            if self.certs is not None:
+                await self.certs.watch()
+            else:
+                await asyncio.Event().wait()
         finally:
             self._started.clear()
             await runner.cleanup()
 
     async def _metrics(self, request: web.Request) -> web.Response:
+        if self.metrics_auth is not None:
+            denied = await self.metrics_auth(request)
+            if denied is not None:
+                return denied
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
         body = await asyncio.to_thread(encoder, self.registry)
         resp = web.Response(body=body)

@@ -39,7 +39,14 @@ from typing import Any, Protocol, runtime_checkable
 
 from localcache.runtime.clock import SYSTEM_CLOCK, Clock
 from localcache.runtime.events import EventRecorder
-from localcache.runtime.httpserver import Checker, Checks, HTTPServer, parse_bind_address, ping
+from localcache.runtime.httpserver import (
+    Checker,
+    Checks,
+    HTTPServer,
+    KubernetesAuth,
+    parse_bind_address,
+    ping,
+)
 from localcache.runtime.leaderelection import (
     LeaderElectionConfig,
     LeaderElectionLost,
@@ -47,7 +54,7 @@ from localcache.runtime.leaderelection import (
     default_identity,
 )
 from localcache.runtime.looplag import LoopLagMonitor
-from localcache.runtime.webhook import WebhookServer
+from localcache.runtime.webhook import CertWatcher, WebhookServer
 
 __all__ = [
     "CacheSyncTimeout",
@@ -88,6 +95,8 @@ class ManagerOptions:
 
     metrics_bind_address: str = ":8080"
     health_probe_bind_address: str = ":8081"
+    metrics_cert_dir: str = ""
+    metrics_auth: bool = False
     leader_election: bool = False
     leader_election_id: str = ""
     leader_election_namespace: str = ""
@@ -183,15 +192,21 @@ class Manager:
         self.healthz.add("ping", ping)
         self.readyz.add("informer-sync", self._caches_synced)
         metrics_addr, probe_addr = opts.metrics_bind_address, opts.health_probe_bind_address
+        secure: dict[str, Any] = {}
+        if opts.metrics_cert_dir:
+            cert_dir = Path(opts.metrics_cert_dir)
+            secure["certs"] = CertWatcher(cert_dir / "tls.crt", cert_dir / "tls.key", clock=clock)
+        if opts.metrics_auth:
+            secure["metrics_auth"] = KubernetesAuth(client, clock=clock)
         if parse_bind_address(probe_addr) is not None and probe_addr == metrics_addr:
             server = HTTPServer(
-                metrics_addr, metrics=True, healthz=self.healthz, readyz=self.readyz, name="http"
+                metrics_addr, metrics=True, healthz=self.healthz, readyz=self.readyz, name="http", **secure
             )
             self.metrics_server = self.probe_server = server
             self.http_servers.append(server)
         else:
             if parse_bind_address(metrics_addr) is not None:
-                self.metrics_server = HTTPServer(metrics_addr, metrics=True, name="metrics")
+                self.metrics_server = HTTPServer(metrics_addr, metrics=True, name="metrics", **secure)
                 self.http_servers.append(self.metrics_server)
             if parse_bind_address(probe_addr) is not None:
                 self.probe_server = HTTPServer(

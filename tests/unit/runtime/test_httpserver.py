@@ -3,14 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 
-from localcache.runtime.httpserver import Checks, HTTPServer, parse_bind_address, ping
+from localcache.runtime import errors
+from localcache.runtime.clock import FakeClock
+from localcache.runtime.httpserver import (
+    SUBJECT_ACCESS_REVIEWS,
+    TOKEN_REVIEWS,
+    Checks,
+    HTTPServer,
+    KubernetesAuth,
+    parse_bind_address,
+    ping,
+)
 from localcache.runtime.looplag import LoopLagMonitor
+from localcache.runtime.resources import Resource
+from localcache.runtime.webhook import CertWatcher
+from localcache.testing.certs import TinyCA
 
 
 @pytest.mark.parametrize(
@@ -131,3 +147,89 @@ async def test_lag_monitor_measures_a_blocked_loop() -> None:
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+# --- secure metrics --------------------------------------------------------------------------------
+class FakeReviews:
+    """TokenReview/SubjectAccessReview answers: tokens map to users, users to allowed paths."""
+
+    def __init__(self) -> None:
+        self.users = {"good-token": "alice", "nosy-token": "mallory"}
+        self.allowed = {("alice", "/metrics")}
+        self.calls: list[str] = []
+        self.fail = False
+
+    async def create(
+        self, resource: Resource, obj: dict[str, Any], namespace: str | None = None
+    ) -> dict[str, Any]:
+        self.calls.append(resource.kind)
+        if self.fail:
+            raise errors.ServerError("etcd is down")
+        if resource == TOKEN_REVIEWS:
+            user = self.users.get(obj["spec"]["token"])
+            status = {"authenticated": True, "user": {"username": user, "groups": ["g"]}} if user else {}
+            return {"status": status}
+        assert resource == SUBJECT_ACCESS_REVIEWS
+        spec = obj["spec"]
+        assert spec["nonResourceAttributes"]["verb"] == "get" and spec["groups"] == ["g"]
+        return {"status": {"allowed": (spec["user"], spec["nonResourceAttributes"]["path"]) in self.allowed}}
+
+
+@pytest.fixture
+async def secure(tmp_path: Path) -> AsyncIterator[tuple[HTTPServer, FakeReviews, FakeClock, TinyCA]]:
+    ca = TinyCA()
+    ca.serving(["127.0.0.1"]).write(tmp_path, "tls")
+    reviews, clock = FakeReviews(), FakeClock()
+    server = HTTPServer(
+        "127.0.0.1:0",
+        metrics=True,
+        certs=CertWatcher(tmp_path / "tls.crt", tmp_path / "tls.key", clock=clock),
+        metrics_auth=KubernetesAuth(reviews, cache_ttl=10, clock=clock),
+    )
+    task = asyncio.create_task(server.start())
+    await asyncio.wait_for(server.wait_started(), 10)
+    try:
+        yield server, reviews, clock, ca
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def scrape(server: HTTPServer, ca: TinyCA, token: str | None) -> tuple[int, str]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    context = ssl.create_default_context(cadata=ca.cert_pem.decode())
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{server.url}/metrics", headers=headers, ssl=context) as resp,
+    ):
+        return resp.status, await resp.text()
+
+
+async def test_secure_metrics_authn_and_authz(
+    secure: tuple[HTTPServer, FakeReviews, FakeClock, TinyCA],
+) -> None:
+    server, reviews, clock, ca = secure
+    assert server.url.startswith("https://")
+    assert (await scrape(server, ca, None))[0] == 401
+    assert (await scrape(server, ca, "forged"))[0] == 401
+    status, body = await scrape(server, ca, "nosy-token")
+    assert status == 403 and "mallory" in body
+    status, body = await scrape(server, ca, "good-token")
+    assert status == 200 and "process_resident_memory_bytes" in body
+    calls = len(reviews.calls)
+    assert (await scrape(server, ca, "good-token"))[0] == 200
+    assert len(reviews.calls) == calls, "a decision is cached for its TTL"
+    await clock.advance(11)
+    reviews.allowed.clear()  # RBAC revoked: seen once the cached decision expires
+    assert (await scrape(server, ca, "good-token"))[0] == 403
+
+
+async def test_failed_reviews_are_500_and_not_cached(
+    secure: tuple[HTTPServer, FakeReviews, FakeClock, TinyCA],
+) -> None:
+    server, reviews, _, ca = secure
+    reviews.fail = True
+    status, body = await scrape(server, ca, "good-token")
+    assert status == 500 and "authorization check failed" in body
+    reviews.fail = False
+    assert (await scrape(server, ca, "good-token"))[0] == 200
