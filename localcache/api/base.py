@@ -75,7 +75,7 @@ class ApiModel(BaseModel):
 
     @classmethod
     def from_dict(cls, data: Any) -> Self:
-        """Parse an API object (a dict, or a kubernetes_asyncio model via its ``to_dict``)."""
+        """Parse an API object as the server sends it (a camelCase dict, e.g. from CustomObjectsApi)."""
         return cls.model_validate(data)
 
 
