@@ -68,7 +68,6 @@ from localcache.api.constants import (
 from localcache.api.core import JobStatus
 from localcache.api.naming import job_status_key
 from localcache.config import ConfigError, InferenceServiceConfig, parse_config
-from localcache.controllers import LOCAL_MODEL_NODE_GROUPS, LOCAL_MODEL_NODES, resource_of
 from localcache.controllers.credentials import (
     ClientSecretReader,
     CredentialError,
@@ -101,8 +100,15 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-NODE_GROUPS = LOCAL_MODEL_NODE_GROUPS
-CLUSTER_STORAGE_CONTAINERS = resource_of(ClusterStorageContainer)
+
+def _resource(model: Any) -> Resource:
+    crd = model.CRD
+    return Resource(crd.group, crd.version, crd.plural, crd.kind, crd.namespaced)
+
+
+LOCAL_MODEL_NODES = _resource(LocalModelNode)
+NODE_GROUPS = _resource(LocalModelNodeGroup)
+CLUSTER_STORAGE_CONTAINERS = _resource(ClusterStorageContainer)
 #: Condition type added by the agent: the pre-flight outcome, with the disk's capacity in its message.
 STORAGE_READY = "StorageReady"
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
