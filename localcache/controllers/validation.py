@@ -1,0 +1,166 @@
+"""Validating webhooks for LocalModelCache and LocalModelNamespaceCache (reference §2.4, with fixes).
+
+KServe's rules and messages are kept, because clients and tests match on them:
+
+* a cluster cache whose ``sourceModelUri`` equals another cluster cache's is rejected on CREATE and
+  UPDATE (``LocalModelCache <other> has the same StorageURI <uri>``); an UPDATE of a cache that is
+  being deleted is always allowed, so finalizers can be removed;
+* a namespace cache naming a node group that does not exist is rejected (``NodeGroup <g> not found``);
+* a cache in use cannot be deleted (``LocalModelCache <c> is being used by InferenceService
+  <ns>/<isvc>``, ``LocalModelNamespaceCache <ns>/<c> is being used by InferenceService <ns>/<isvc>``).
+
+Fixed here: "in use" is a LIVE label query on InferenceServices (and LLMInferenceServices, when that
+CRD is served), not KServe's walk over ``status.inferenceServices``, which may be stale and which
+blocks the delete when a listed consumer is already gone (NotFound). A consumer that no longer exists
+therefore never blocks, and one created a moment ago always does. A cluster cache only counts
+consumers bound to *it*: a namespace cache of the same name (whose consumers carry the
+``localmodel-namespace`` label) does not hold it (reference §8.B-2). Uniqueness reads the live list
+too: two caches created at once could both pass an informer that has seen neither.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from localcache.api.constants import LABEL_LOCAL_MODEL, LABEL_LOCAL_MODEL_NAMESPACE
+from localcache.controllers.isvc import (
+    INFERENCE_SERVICES,
+    LOCAL_MODEL_CACHES,
+    LOCAL_MODEL_NODE_GROUPS,
+)
+from localcache.runtime import errors
+from localcache.runtime.resources import Resource
+from localcache.runtime.webhook import AdmissionRequest, AdmissionResponse
+
+__all__ = [
+    "LLM_INFERENCE_SERVICE_API_VERSION",
+    "CacheValidator",
+    "ConsumerFinder",
+    "NamespaceCacheValidator",
+]
+
+log = logging.getLogger(__name__)
+
+LLM_INFERENCE_SERVICE_API_VERSION = "serving.kserve.io/v1alpha1"
+LLM_INFERENCE_SERVICE_KIND = "LLMInferenceService"
+
+Obj = dict[str, Any]
+
+
+def _meta(obj: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    return (obj or {}).get("metadata") or {}
+
+
+def _name(req: AdmissionRequest, obj: Mapping[str, Any] | None) -> str:
+    return str(_meta(obj).get("name") or req.name)
+
+
+class ConsumerFinder:
+    """Live label queries for the services bound to a cache."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self._llm: Resource | bool | None = False  # False: not looked up yet; None: not served
+
+    async def _llm_resource(self) -> Resource | None:
+        if self._llm is False:
+            try:
+                self._llm = await self.client.resource_for(
+                    LLM_INFERENCE_SERVICE_API_VERSION, LLM_INFERENCE_SERVICE_KIND
+                )
+            except errors.NotFound:
+                self._llm = None
+        return self._llm if isinstance(self._llm, Resource) else None
+
+    async def consumers(self, cache_name: str, cache_namespace: str | None) -> list[tuple[str, str, str]]:
+        """``(kind, namespace, name)`` of every service bound to the cache, InferenceServices first."""
+        if cache_namespace:
+            selector = f"{LABEL_LOCAL_MODEL}={cache_name},{LABEL_LOCAL_MODEL_NAMESPACE}={cache_namespace}"
+        else:
+            selector = f"{LABEL_LOCAL_MODEL}={cache_name},!{LABEL_LOCAL_MODEL_NAMESPACE}"
+        found: list[tuple[str, str, str]] = []
+        kinds: list[Resource] = [INFERENCE_SERVICES]
+        llm = await self._llm_resource()
+        if llm is not None:
+            kinds.append(llm)
+        for res in kinds:
+            try:
+                items, _ = await self.client.list_all(res, cache_namespace, label_selector=selector)
+            except errors.NotFound:
+                if res is not INFERENCE_SERVICES:
+                    self._llm = False  # the CRD went away; look again next time
+                continue
+            for item in sorted(
+                items, key=lambda o: (_meta(o).get("namespace", ""), _meta(o).get("name", ""))
+            ):
+                found.append(
+                    (res.kind, str(_meta(item).get("namespace") or ""), str(_meta(item).get("name")))
+                )
+        return found
+
+
+class CacheValidator:
+    """``/validate-serving-kserve-io-v1alpha1-localmodelcache``: cluster caches."""
+
+    def __init__(self, client: Any, consumers: ConsumerFinder | None = None) -> None:
+        self.client = client
+        self.consumers = consumers or ConsumerFinder(client)
+
+    async def handle(self, req: AdmissionRequest) -> AdmissionResponse:
+        if req.operation == "DELETE":
+            name = _name(req, req.old_object)
+            users = await self.consumers.consumers(name, None)
+            if users:
+                kind, ns, user = users[0]
+                return AdmissionResponse.deny(f"LocalModelCache {name} is being used by {kind} {ns}/{user}")
+            return AdmissionResponse.allow()
+        obj = req.object
+        if req.operation not in ("CREATE", "UPDATE") or not isinstance(obj, dict):
+            return AdmissionResponse.allow()
+        if req.operation == "UPDATE" and _meta(obj).get("deletionTimestamp"):
+            return AdmissionResponse.allow()
+        name = _name(req, obj)
+        uri = (obj.get("spec") or {}).get("sourceModelUri")
+        if not isinstance(uri, str) or not uri:
+            return AdmissionResponse.allow()  # the CRD schema rejects it with a better message
+        items, _ = await self.client.list_all(LOCAL_MODEL_CACHES)
+        for other in sorted(items, key=lambda o: str(_meta(o).get("name"))):
+            other_name = _meta(other).get("name")
+            if other_name != name and (other.get("spec") or {}).get("sourceModelUri") == uri:
+                return AdmissionResponse.deny(f"LocalModelCache {other_name} has the same StorageURI {uri}")
+        return AdmissionResponse.allow()
+
+
+class NamespaceCacheValidator:
+    """``/validate-serving-kserve-io-v1alpha1-localmodelnamespacecache``: namespace caches."""
+
+    def __init__(self, client: Any, consumers: ConsumerFinder | None = None) -> None:
+        self.client = client
+        self.consumers = consumers or ConsumerFinder(client)
+
+    async def handle(self, req: AdmissionRequest) -> AdmissionResponse:
+        if req.operation == "DELETE":
+            name = _name(req, req.old_object)
+            namespace = str(_meta(req.old_object).get("namespace") or req.namespace)
+            users = await self.consumers.consumers(name, namespace)
+            if users:
+                kind, ns, user = users[0]
+                return AdmissionResponse.deny(
+                    f"LocalModelNamespaceCache {namespace}/{name} is being used by {kind} {ns}/{user}"
+                )
+            return AdmissionResponse.allow()
+        obj = req.object
+        if req.operation not in ("CREATE", "UPDATE") or not isinstance(obj, dict):
+            return AdmissionResponse.allow()
+        if req.operation == "UPDATE" and _meta(obj).get("deletionTimestamp"):
+            return AdmissionResponse.allow()
+        for group in (obj.get("spec") or {}).get("nodeGroups") or []:
+            if not isinstance(group, str) or not group:
+                continue  # the CRD schema reports it
+            try:
+                await self.client.get(LOCAL_MODEL_NODE_GROUPS, group)
+            except errors.NotFound:
+                return AdmissionResponse.deny(f"NodeGroup {group} not found")
+        return AdmissionResponse.allow()

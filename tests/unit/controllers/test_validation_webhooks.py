@@ -1,0 +1,108 @@
+"""Cache validating webhooks: KServe's rules and messages, with live consumer queries (§2.4, §9.2-9)."""
+
+from __future__ import annotations
+
+from localcache.api.constants import LABEL_LOCAL_MODEL, LABEL_LOCAL_MODEL_NAMESPACE
+from localcache.controllers.isvc import INFERENCE_SERVICES, LOCAL_MODEL_CACHES, LOCAL_MODEL_NODE_GROUPS
+from localcache.controllers.validation import CacheValidator, NamespaceCacheValidator
+from localcache.runtime.resources import Resource
+from tests.unit.controllers.test_admission_fakes import FakeClient, cache_obj, isvc_obj, review
+
+LLMISVC = Resource("serving.kserve.io", "v1alpha1", "llminferenceservices", "LLMInferenceService", True)
+
+
+def bound(name: str, ns: str, cache: str, cache_ns: str | None = None) -> dict:
+    labels = {LABEL_LOCAL_MODEL: cache}
+    if cache_ns:
+        labels[LABEL_LOCAL_MODEL_NAMESPACE] = cache_ns
+    return isvc_obj(name, ns, "s3://foo", labels=labels)
+
+
+async def test_duplicate_uri_is_rejected_on_create_and_update_with_kserves_message() -> None:
+    client = FakeClient()
+    client.put(LOCAL_MODEL_CACHES, cache_obj("first", "s3://foo", ["g"]))
+    validator = CacheValidator(client)
+    resp = await validator.handle(review("CREATE", cache_obj("second", "s3://foo", ["g"])))
+    assert not resp.allowed and resp.message == "LocalModelCache first has the same StorageURI s3://foo"
+    resp = await validator.handle(
+        review("UPDATE", cache_obj("second", "s3://foo", ["g"]), old=cache_obj("second", "s3://foo", ["g"]))
+    )
+    assert not resp.allowed
+
+
+async def test_overlaps_trailing_slashes_and_itself_are_allowed() -> None:
+    client = FakeClient()
+    client.put(LOCAL_MODEL_CACHES, cache_obj("first", "s3://foo", ["g"]))
+    validator = CacheValidator(client)
+    for uri in ("s3://foo/", "s3://foo/sub", "s3://fo"):
+        assert (await validator.handle(review("CREATE", cache_obj("other", uri, ["g"])))).allowed, uri
+    assert (await validator.handle(review("UPDATE", cache_obj("first", "s3://foo", ["g", "h"])))).allowed
+
+
+async def test_update_while_deleting_is_always_allowed() -> None:
+    client = FakeClient()
+    client.put(LOCAL_MODEL_CACHES, cache_obj("first", "s3://foo", ["g"]))
+    resp = await CacheValidator(client).handle(
+        review("UPDATE", cache_obj("second", "s3://foo", ["g"], deleting=True))
+    )
+    assert resp.allowed and client.count("list") == 0
+
+
+async def test_cluster_cache_delete_is_blocked_by_a_live_consumer_only() -> None:
+    client = FakeClient()
+    validator = CacheValidator(client)
+    c = cache_obj("c", "s3://foo", ["g"])
+    # a consumer of a namespace cache that happens to have the same name does not hold the cluster cache
+    client.put(INFERENCE_SERVICES, bound("ns-user", "team", "c", cache_ns="team"))
+    assert (await validator.handle(review("DELETE", None, old=c))).allowed
+    client.put(INFERENCE_SERVICES, bound("user", "prod", "c"))
+    resp = await validator.handle(review("DELETE", None, old=c))
+    assert (
+        not resp.allowed and resp.message == "LocalModelCache c is being used by InferenceService prod/user"
+    )
+    # status listing a consumer that is gone plays no part: only the live query counts
+    del client.objects[("inferenceservices", "prod", "user")]
+    c["status"] = {"inferenceServices": [{"namespace": "prod", "name": "user"}]}
+    assert (await validator.handle(review("DELETE", None, old=c))).allowed
+
+
+async def test_llm_inference_services_block_when_the_kind_is_served() -> None:
+    client = FakeClient()
+    c = cache_obj("c", "s3://foo", ["g"])
+    assert (await CacheValidator(client).handle(review("DELETE", None, old=c))).allowed  # kind not served
+    client.put(
+        LLMISVC, {"metadata": {"name": "llm", "namespace": "prod", "labels": {LABEL_LOCAL_MODEL: "c"}}}
+    )
+    resp = await CacheValidator(client).handle(review("DELETE", None, old=c))
+    assert (
+        not resp.allowed and resp.message == "LocalModelCache c is being used by LLMInferenceService prod/llm"
+    )
+
+
+async def test_namespace_cache_needs_existing_node_groups() -> None:
+    client = FakeClient()
+    client.put(LOCAL_MODEL_NODE_GROUPS, {"metadata": {"name": "workers"}})
+    validator = NamespaceCacheValidator(client)
+    ok = cache_obj("c", "s3://foo", ["workers"], namespace="team")
+    assert (await validator.handle(review("CREATE", ok))).allowed
+    bad = cache_obj("c", "s3://foo", ["workers", "gpus"], namespace="team")
+    resp = await validator.handle(review("UPDATE", bad, old=ok))
+    assert not resp.allowed and resp.message == "NodeGroup gpus not found"
+    assert (
+        await validator.handle(
+            review("UPDATE", cache_obj("c", "s3://foo", ["gpus"], namespace="team", deleting=True))
+        )
+    ).allowed
+
+
+async def test_namespace_cache_delete_is_blocked_by_consumers_in_its_namespace() -> None:
+    client = FakeClient()
+    validator = NamespaceCacheValidator(client)
+    c = cache_obj("c", "s3://foo", ["g"], namespace="team")
+    client.put(INFERENCE_SERVICES, bound("cluster-user", "team", "c"))  # bound to the cluster cache "c"
+    client.put(INFERENCE_SERVICES, bound("elsewhere", "other", "c", cache_ns="other"))
+    assert (await validator.handle(review("DELETE", None, old=c))).allowed
+    client.put(INFERENCE_SERVICES, bound("user", "team", "c", cache_ns="team"))
+    resp = await validator.handle(review("DELETE", None, old=c))
+    assert not resp.allowed
+    assert resp.message == "LocalModelNamespaceCache team/c is being used by InferenceService team/user"
