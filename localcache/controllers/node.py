@@ -863,6 +863,7 @@ def build_agent(
         Builder(manager.client, cache, name="localmodelnode-agent")
         .for_(LOCAL_MODEL_NODES, predicates=[generation_changed() | annotations_changed()])
         .watches(NODE_GROUPS, to_node)
+        .with_options(skip_name_validation=True)  # simulated nodes run several agents in one process
         .build(agent)
     )
     holder["controller"] = controller
