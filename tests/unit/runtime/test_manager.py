@@ -368,3 +368,19 @@ async def test_webhook_server_starts_before_caches_and_gates_readiness(tmp_path:
         mgr.stop()
         await asyncio.wait_for(run, 10)
     assert not webhook.started
+
+
+async def test_a_taken_port_fails_run_with_the_bind_error() -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        log: Log = []
+        mgr = Manager(None, options(metrics_bind_address=f"127.0.0.1:{port}", health_probe_bind_address="0"))
+        controller = Thing(log, "controller")
+        mgr.add(controller)
+        with pytest.raises(OSError, match=str(port)):
+            await asyncio.wait_for(mgr.run(), 10)
+    assert log == [], "nothing starts after a failed HTTP server"
