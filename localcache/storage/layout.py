@@ -60,7 +60,11 @@ class Staging:
     def __init__(self, dest: Path) -> None:
         self.dest = Path(dest).absolute()
         parent = self.dest.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent  # we will create the missing directories
         self.in_place = (self.dest.exists() and os.path.ismount(self.dest)) or not os.access(parent, os.W_OK)
+        parent = self.dest.parent
+        self._created_dest = False
         if self.in_place:
             self.root = self.dest / STAGING_NAME
         else:
@@ -69,6 +73,8 @@ class Staging:
 
     def prepare(self) -> None:
         if self.in_place:
+            if not self.dest.exists():
+                self._created_dest = True
             self.dest.mkdir(parents=True, exist_ok=True)
         else:
             self.dest.parent.mkdir(parents=True, exist_ok=True)
@@ -77,6 +83,9 @@ class Staging:
 
     def discard(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
+        if self._created_dest:
+            with contextlib.suppress(OSError):
+                self.dest.rmdir()  # only if empty: never remove what someone else put there
 
     def file_path(self, rel: str) -> Path:
         path = ensure_inside(self.root, rel)

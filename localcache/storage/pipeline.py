@@ -136,7 +136,11 @@ async def download(
                 staging.prepare()
                 _write_job(staging, uri, listing.revision)
             _check_space(staging, files)
+        except DownloadError:
+            staging.discard()
+            raise
         except OSError as exc:
+            staging.discard()
             raise os_error_to_download_error(exc, f"destination {dest}") from None
         total = sum(f.size or 0 for f, _ in files) if all(f.size is not None for f, _ in files) else None
         log.info(

@@ -103,6 +103,16 @@ def scan_repo(root: Path, cache: Path | None = None) -> list[HubFile]:
     return files
 
 
+def meta_cache_path(root: Path) -> Path | None:
+    """Digests of a served directory are cached outside it (it may be a read-only package)."""
+    base = Path(os.environ.get("LOCALCACHE_HUBMETA_CACHE", Path.home() / ".cache/localcache/hubmeta"))
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return base / f"{hashlib.sha1(str(root).encode(), usedforsecurity=False).hexdigest()}.json"
+
+
 @dataclass
 class HubRepo:
     repo_id: str
@@ -112,8 +122,7 @@ class HubRepo:
     sha: str = ""
 
     def load(self) -> None:
-        cache = self.root / META_NAME if os.access(self.root, os.W_OK) else None
-        self.files = scan_repo(self.root, cache)
+        self.files = scan_repo(self.root, meta_cache_path(self.root))
         manifest = "\n".join(f"{f.path} {f.size} {f.sha256 or f.blob_id}" for f in self.files)
         self.sha = hashlib.sha1(f"{self.repo_id}\n{manifest}".encode(), usedforsecurity=False).hexdigest()
 
