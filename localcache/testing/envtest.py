@@ -36,6 +36,7 @@ from typing import Any
 import yaml
 
 from localcache.testing.certs import KeyPair, TinyCA, rsa_signing_key
+from localcache.testing.faultproxy import ProxyTLS
 
 #: The Kubernetes release that ``hack/envtest/go.mod`` pins; a unit test keeps the two equal.
 K8S_VERSION = "1.36.3"
@@ -163,6 +164,7 @@ class ControlPlane:
     _processes: list[_Process] = field(default_factory=list)
     _owns_workdir: bool = False
     _admin: KeyPair | None = None
+    _admin_ssl: ssl.SSLContext | None = None
 
     # ---- lifecycle -----------------------------------------------------------------------------
     def start(self) -> ControlPlane:
@@ -312,24 +314,27 @@ class ControlPlane:
         req = urllib.request.Request(self.url + path, data=data, method=method)
         if data is not None:
             req.add_header("Content-Type", content_type or "application/json")
-        if not hasattr(self, "_context_cache"):
-            self._context_cache = self._ssl_context()
-        with urllib.request.urlopen(req, context=self._context_cache, timeout=10) as resp:
+        if self._admin_ssl is None:
+            self._admin_ssl = self._ssl_context()
+        with urllib.request.urlopen(req, context=self._admin_ssl, timeout=10) as resp:
             raw = resp.read()
         try:
             return json.loads(raw)
         except ValueError:
             return raw.decode()
 
-    def write_kubeconfig(self, path: Path, identity: KeyPair, user: str = ADMIN_USER) -> Path:
+    def write_kubeconfig(
+        self, path: Path, identity: KeyPair, user: str = ADMIN_USER, server: str | None = None
+    ) -> Path:
         b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
+        cluster = {"server": server or self.url, "certificate-authority-data": b64(self.ca.cert_pem)}
         config = {
             "apiVersion": "v1",
             "kind": "Config",
             "clusters": [
                 {
                     "name": "envtest",
-                    "cluster": {"server": self.url, "certificate-authority-data": b64(self.ca.cert_pem)},
+                    "cluster": cluster,
                 }
             ],
             "users": [
@@ -349,9 +354,17 @@ class ControlPlane:
         path.chmod(0o600)
         return path
 
-    def user_kubeconfig(self, path: Path, user: str, groups: tuple[str, ...] = ()) -> Path:
-        """A kubeconfig for ``user`` (e.g. ``system:serviceaccount:ns:name``): RBAC decides what it may do."""
-        return self.write_kubeconfig(path, self.ca.client(user, groups), user=user)
+    def user_kubeconfig(
+        self, path: Path, user: str, groups: tuple[str, ...] = (), server: str | None = None
+    ) -> Path:
+        """A kubeconfig for ``user`` (e.g. ``system:serviceaccount:ns:name``): RBAC decides what it may do.
+        ``server`` points it elsewhere, e.g. at a fault proxy in front of this API server."""
+        return self.write_kubeconfig(path, self.ca.client(user, groups), user=user, server=server)
+
+    def proxy_tls(self) -> ProxyTLS:
+        """What a ``FaultProxy`` needs to stand in front of this API server."""
+        assert self.workdir is not None and self._admin is not None
+        return ProxyTLS(ca=self.ca, admin=self._admin, workdir=self.workdir)
 
     def compact(self) -> int:
         """Compact etcd at its current revision, so every older resourceVersion is gone (410).
