@@ -263,6 +263,9 @@ class NodeAgent:
         self._created: dict[str, tuple[dict[str, Any], float]] = {}  # storage key → (Job, created at)
         self._deleted: set[str] = set()  # uids of Jobs we deleted, until the informer drops them
         self._failed_seen: dict[str, float] = {}  # failed Job uid → monotonic time the failure began
+        # storage key → (attempt, retry due (monotonic), outcome): the backoff outlives the failed Job
+        # if something else (its TTL, a person) deletes it before the retry is due.
+        self._backoff: dict[str, tuple[int, float, _Outcome]] = {}
         self._failure_text: dict[str, tuple[str, str]] = {}  # failed Job uid → (reason, message)
         self._progress: dict[str, _Published] = {}
         self._capacity: tuple[_Published, int, int] | None = None  # (used, total, available)
@@ -446,7 +449,9 @@ class NodeAgent:
         for sk in [k for k in jobs if k not in wanted]:
             for job in jobs.pop(sk):
                 await self._delete_job(job, namespace, f"storage key {sk} is no longer in the spec")
+        for sk in [k for k in (*self._progress, *self._backoff) if k not in wanted]:
             self._progress.pop(sk, None)
+            self._backoff.pop(sk, None)
 
     def _downloaded(self, marker: Any, job_name: str | None) -> _Outcome:
         completed = format_time(marker.completed_at)
@@ -492,9 +497,17 @@ class NodeAgent:
         marker = await asyncio.to_thread(read_marker, folder, info.source_model_uri)
         if marker is not None:
             self._progress.pop(sk, None)
+            self._backoff.pop(sk, None)
             return self._downloaded(marker, _job_name(latest) if latest else None)
         if latest is None:
-            return await self._start(sk, info, cfg, namespace, lmn, members, obj, attempt=1)
+            attempt, due, waiting = self._backoff.get(sk, (0, 0.0, None))
+            due_in = due - self.clock.monotonic()
+            if waiting is not None and due_in > 0:
+                return _Outcome(waiting.status, waiting.message, waiting.job_name, wake_in=due_in)
+            previous = waiting.message.split(" (Job ", 1)[0] if waiting is not None else None
+            return await self._start(
+                sk, info, cfg, namespace, lmn, members, obj, attempt=attempt + 1, previous=previous
+            )
 
         name = _job_name(latest)
         status = JobStatus.from_dict(latest.get("status") or {})
@@ -564,12 +577,15 @@ class NodeAgent:
         due_in = self._failed_seen[uid] + delay - now
         if due_in > 0:
             retry_at = format_time(self.clock.now() + timedelta(seconds=due_in))
-            return _Outcome(
+            outcome = _Outcome(
                 ModelStatus.DOWNLOAD_ERROR,
                 _clip(f"{reason}: {detail} (Job {name}, attempt {attempt}; next attempt at {retry_at})"),
                 job_name=name,
                 wake_in=due_in,
             )
+            self._backoff[sk] = (attempt, now + due_in, outcome)
+            return outcome
+        self._backoff.pop(sk, None)
         await self._delete_job(job, namespace, f"retrying after {reason} (attempt {attempt})")
         self._failed_seen.pop(uid, None)
         self._failure_text.pop(uid, None)

@@ -519,3 +519,24 @@ async def test_orphaned_folder_collected_after_grace_only(tmp_path: Path) -> Non
     await w.reconcile()
     assert not orphan.exists() and foreign.exists()
     assert (tmp_path / "models" / storage_key(URI)).exists()
+
+
+async def test_backoff_survives_the_failed_job_being_deleted_early(tmp_path: Path) -> None:
+    w = make_world(tmp_path, entry("m1"))
+    await w.reconcile()
+    first = w.jobs()[0]
+    w.set_job_condition(
+        first, "Failed", message="localcache-download error: reason=Timeout exit_code=14 message=stall"
+    )
+    await w.reconcile()
+    # Its TTL (or a person) deletes the failed Job long before the retry is due.
+    del w.client.objects[("jobs", JOB_NS, first["metadata"]["name"])]
+    await w.clock.advance(10)
+    await w.reconcile()
+    assert len(w.client.verbs("create", "jobs")) == 1
+    assert w.status("m1") == "ModelDownloadError" and w.detail("m1")["message"].startswith("Timeout: stall")
+    await w.clock.advance(51)
+    await w.reconcile()
+    (second,) = w.jobs()
+    assert second["metadata"]["annotations"]["localcache.kserve.io/download-attempt"] == "2"
+    assert "previous attempt failed: Timeout: stall" in w.detail("m1")["message"]
