@@ -71,9 +71,19 @@ def run_child(args: list[str], env: dict[str, str]) -> tuple[float, float, int, 
 
 
 def tool_commands(scenario: str, endpoint: str, dest: Path, s3env: dict[str, str]) -> dict[str, list[str]]:
+    # "localcache" runs with LOCALCACHE_FSYNC=0, the peers' durability (none of them fsyncs);
+    # "localcache+fsync" is the default, which fsyncs every file before writing the marker.
     if scenario.startswith("hf"):
         return {
-            "localcache": [PY, str(REPO / "cmd/download.py"), f"hf://{REPO_ID}", str(dest)],
+            "localcache": [
+                "env",
+                "LOCALCACHE_FSYNC=0",
+                PY,
+                str(REPO / "cmd/download.py"),
+                f"hf://{REPO_ID}",
+                str(dest),
+            ],
+            "localcache+fsync": [PY, str(REPO / "cmd/download.py"), f"hf://{REPO_ID}", str(dest)],
             "snapshot_download": [
                 PY,
                 "-c",
@@ -83,7 +93,15 @@ def tool_commands(scenario: str, endpoint: str, dest: Path, s3env: dict[str, str
             ],
         }
     return {
-        "localcache": [PY, str(REPO / "cmd/download.py"), f"s3://{BUCKET}/model/", str(dest)],
+        "localcache": [
+            "env",
+            "LOCALCACHE_FSYNC=0",
+            PY,
+            str(REPO / "cmd/download.py"),
+            f"s3://{BUCKET}/model/",
+            str(dest),
+        ],
+        "localcache+fsync": [PY, str(REPO / "cmd/download.py"), f"s3://{BUCKET}/model/", str(dest)],
         "s3fs.get": [
             PY,
             "-c",
@@ -216,7 +234,7 @@ def main() -> int:
     RESULTS.write_text(json.dumps(out, indent=2) + "\n")
     for r in ratios:
         print(
-            f"{r['scenario']:10s} localcache/{r['peer']:18s} wall ratio {r['wall_ratio']:.2f} "
+            f"{r['scenario']:10s} {r['tool']}/{r['peer']:18s} wall ratio {r['wall_ratio']:.2f} "
             f"(goal {r['goal']}) {'OK' if r['met'] else 'MISSED'}"
         )
     print(f"wrote {RESULTS}")
@@ -231,20 +249,22 @@ def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             key = (r["scenario"], r["tool"])
             best[key] = min(best.get(key, float("inf")), r["value"])
     out: list[dict[str, Any]] = []
-    for (scenario, tool), wall in sorted(best.items()):
-        if tool == "localcache" or (scenario, "localcache") not in best:
-            continue
-        ratio = best[(scenario, "localcache")] / wall
-        goal = 0.5 if scenario.endswith("-capped") else 1.0
-        out.append(
-            {
-                "scenario": scenario,
-                "peer": tool,
-                "wall_ratio": round(ratio, 3),
-                "goal": goal,
-                "met": ratio <= goal,
-            }
-        )
+    for ours in ("localcache", "localcache+fsync"):
+        for (scenario, tool), wall in sorted(best.items()):
+            if tool.startswith("localcache") or (scenario, ours) not in best:
+                continue
+            ratio = best[(scenario, ours)] / wall
+            goal = 0.5 if scenario.endswith("-capped") else 1.0
+            out.append(
+                {
+                    "scenario": scenario,
+                    "tool": ours,
+                    "peer": tool,
+                    "wall_ratio": round(ratio, 3),
+                    "goal": goal,
+                    "met": ratio <= goal,
+                }
+            )
     return out
 
 
