@@ -180,6 +180,7 @@ class Manager:
         self._failure: asyncio.Future[BaseException] | None = None
         self._stop_requested = asyncio.Event()
         self._running = False
+        self._ran = False
         self.elected = asyncio.Event()
         self.ready = asyncio.Event()
         self.http_servers: list[HTTPServer] = []
@@ -353,6 +354,7 @@ class Manager:
             return
         if isinstance(exc, LeaderElectionLost):
             # Not one more reconcile without the lease: cancel leader-only work in this very callback.
+            self.elected.clear()
             for leader_task in self._tasks["leader"]:
                 leader_task.cancel()
             log.error("leader election lost; leader-only runnables cancelled")
@@ -402,9 +404,9 @@ class Manager:
 
     async def run(self) -> None:
         """Run until stopped; raises a runnable's error, CacheSyncTimeout or LeaderElectionLost."""
-        if self._running:
-            raise RuntimeError("manager is already running")
-        self._running = True
+        if self._running or self._ran:
+            raise RuntimeError("a manager runs once; create a new one to run again")
+        self._running = self._ran = True
         self._failure = asyncio.get_running_loop().create_future()
         signals = self._install_signals()
         lost = False

@@ -384,3 +384,11 @@ async def test_a_taken_port_fails_run_with_the_bind_error() -> None:
         with pytest.raises(OSError, match=str(port)):
             await asyncio.wait_for(mgr.run(), 10)
     assert log == [], "nothing starts after a failed HTTP server"
+
+
+async def test_a_manager_runs_once() -> None:
+    mgr = Manager(None, options(metrics_bind_address="0", health_probe_bind_address="0"))
+    mgr.stop()
+    await asyncio.wait_for(mgr.run(), 10)
+    with pytest.raises(RuntimeError, match="runs once"):
+        await mgr.run()
