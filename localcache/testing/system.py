@@ -232,7 +232,7 @@ async def apply_documents(
             continue
         res = await client.resource_for(doc["apiVersion"], doc["kind"])
         meta = doc["metadata"]
-        ns = (meta.get("namespace") or namespace) if res.namespaced else None
+        ns = (meta.get("namespace") or namespace or "default") if res.namespaced else None
         body = json.loads(json.dumps(doc))
         if ns:
             body["metadata"]["namespace"] = ns
@@ -593,3 +593,51 @@ class LocalSystem:
             check=False,
         )
         return proc.stdout + (proc.stderr if proc.returncode else "")
+
+
+# ---- the guide's flow, adapted to the local sources ------------------------------------------------
+#: The guide's example files, kept in the repository so the demo runs from a fresh clone.
+GUIDE_EXAMPLES = REPO_ROOT / "e2e" / "guide"
+#: What changes in the guide's YAML so that it runs against the local sources; nothing else does.
+GUIDE_SUBSTITUTIONS: tuple[tuple[str, str], ...] = (
+    ("hf://meta-llama/meta-llama-3-8b-instruct", f"hf://{MINILM_REPO}"),
+    ("meta-llama3-8b-instruct", "all-minilm-l6-v2"),
+    ("huggingface-llama3", "huggingface-minilm"),
+    ("--model_name=llama3", "--model_name=minilm"),
+    ("modelSize: 10Gi", "modelSize: 100Mi"),
+    ("modelSize: 5Gi", "modelSize: 100Mi"),
+    ("HF_TOKEN: xxxx", f"HF_TOKEN: {HUB_TOKEN}"),
+    ("<your-hf-token>", HUB_TOKEN),
+)
+CACHE_NAME = "all-minilm-l6-v2"
+S3_CACHE_NAME = "s3-model"
+NODE_GROUP = "workers"
+TEAM_NAMESPACE = "my-team"
+ISVC_NAME = "huggingface-minilm"
+ISVC_NAMESPACE = "default"
+MODEL_URI = f"hf://{MINILM_REPO}"
+S3_MODEL_URI = f"s3://{S3_BUCKET}/{S3_PREFIX.rstrip('/')}"
+
+
+def examples_dir() -> Path:
+    """The guide's examples (``e2e/guide``)."""
+    if not GUIDE_EXAMPLES.is_dir():
+        raise ComponentMissing(f"the guide's examples directory {GUIDE_EXAMPLES} is missing")
+    return GUIDE_EXAMPLES
+
+
+def guide_example(name: str, extra: Sequence[tuple[str, str]] = ()) -> list[dict[str, Any]]:
+    """One of the guide's example files with :data:`GUIDE_SUBSTITUTIONS` (and ``extra``) applied."""
+    text = (examples_dir() / name).read_text()
+    for old, new in (*GUIDE_SUBSTITUTIONS, *extra):
+        text = text.replace(old, new)
+    return [d for d in yaml.safe_load_all(text) if d]
+
+
+def storage_config_secret(s3_storage_config: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """The guide's 04 (``storage-config`` with ``hf-credentials``) plus, for 06, ``my-s3-key`` holding the
+    local S3 server's credentials and endpoint in KServe's storage-config JSON shape."""
+    secret = guide_example("04-storage-config-secret.yaml")
+    if s3_storage_config is not None:
+        secret[0]["stringData"]["my-s3-key"] = json.dumps(dict(s3_storage_config))
+    return secret
