@@ -394,3 +394,16 @@ async def test_healthz_watchdog_trips_only_for_a_wedged_leader(clock: FakeClock,
             elector.check()
     finally:
         elector.elected.clear()
+
+
+async def test_a_malformed_lease_is_a_failed_attempt(clock: FakeClock, store: FakeLeases) -> None:
+    store.put({"holderIdentity": "other", "leaseDurationSeconds": "fifteen"})
+    c = Campaign(LeaderElector(store, config("a"), clock=clock, rng=random.Random(7)))
+    try:
+        await clock.advance(30)
+        assert not c.task.done() and not c.elector.is_leader
+        store.put({"holderIdentity": "", "leaseDurationSeconds": 1})
+        await clock.advance(4.4)
+        assert c.elector.is_leader
+    finally:
+        await c.stop()
