@@ -353,6 +353,9 @@ class LeaderElector:
                 "leader election attempt failed", extra={"lease": self.config.name, "error": str(exc)}
             )
             return False
+        except Exception:  # a malformed Lease or a client bug is a failed attempt, not a crash
+            log.exception("leader election attempt failed unexpectedly", extra={"lease": self.config.name})
+            return False
 
     async def _acquire(self) -> None:
         cfg = self.config
