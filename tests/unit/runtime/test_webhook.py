@@ -25,6 +25,7 @@ from localcache.runtime.webhook import (
     WebhookServer,
     escape_pointer,
     json_patch,
+    review_response,
 )
 from localcache.testing.certs import TinyCA
 
@@ -42,8 +43,19 @@ json_objects = st.dictionaries(keys, json_values, max_size=5)
 
 
 def strict(value: Any) -> str:
-    """A canonical form that keeps JSON's distinctions Python's == forgets (true vs 1, 1 vs 1.0 kept)."""
-    return json.dumps(value, sort_keys=True)
+    """A canonical JSON form: ``true`` and ``1`` differ (Python's == forgets it); ``1`` and ``1.0``
+    are the same JSON number, so integral floats are written as integers."""
+
+    def norm(v: Any) -> Any:
+        if isinstance(v, float) and v.is_integer():
+            return int(v)
+        if isinstance(v, dict):
+            return {k: norm(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [norm(x) for x in v]
+        return v
+
+    return json.dumps(norm(value), sort_keys=True)
 
 
 @settings(max_examples=400, deadline=None)
@@ -264,3 +276,20 @@ async def test_missing_certificate_fails_start_with_the_path(tmp_path: Path) -> 
     server = WebhookServer(host="127.0.0.1", port=0, cert_dir=tmp_path)
     with pytest.raises(FileNotFoundError, match=r"tls\.crt"):
         await server.start()
+
+
+async def test_response_echoes_the_review_api_version(running: Running) -> None:
+    body = review({"metadata": {"name": "cm"}}, uid="b-1")
+    body["apiVersion"] = "admission.k8s.io/v1beta1"
+    _, answer = await post(running, "/deny", body)
+    assert answer["apiVersion"] == "admission.k8s.io/v1beta1" and answer["response"]["uid"] == "b-1"
+
+
+async def test_warnings_are_passed_through() -> None:
+    async def warn(req: AdmissionRequest) -> AdmissionResponse:
+        return AdmissionResponse.allow(warnings=[f"{req.name} uses a deprecated field"])
+
+    resp = review_response(
+        "u", await warn(AdmissionRequest({"uid": "u", "name": "cm"})), None, "admission.k8s.io/v1"
+    )
+    assert resp["response"]["warnings"] == ["cm uses a deprecated field"] and resp["response"]["allowed"]
