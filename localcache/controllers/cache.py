@@ -91,7 +91,7 @@ from localcache.controllers.nodegroup import (
     plan_group_storage,
 )
 from localcache.runtime import errors
-from localcache.runtime.handlers import EnqueueRequestsFromMapFunc
+from localcache.runtime.handlers import EnqueueRequestForOwner, EnqueueRequestsFromMapFunc
 from localcache.runtime.predicates import Funcs, Predicate
 from localcache.runtime.reconcile import Request, Result
 from localcache.runtime.resources import (
@@ -101,7 +101,6 @@ from localcache.runtime.resources import (
     PERSISTENT_VOLUMES,
     Resource,
 )
-from localcache.runtime.store import object_key
 
 __all__ = [
     "CLUSTER",
@@ -475,6 +474,10 @@ def desired_volumes(
     for consumer_ns, g in sorted(serving_pairs or ()):
         group = groups.get(g)
         if group is None:
+            continue
+        if ("PersistentVolumeClaim", consumer_ns, serving_pvc_name(name, ns or None, g)) in out:
+            # A cluster cache's consumers in the job namespace: KServe's serving PVC name equals the
+            # download PVC's, so they share it (and its PV: same host path); no second PV.
             continue
         pv_name = serving_pv_name(name, ns or None, g, consumer_ns)
         pv(pv_name, group, g, PURPOSE_SERVING)
@@ -1080,23 +1083,20 @@ class CacheReconciler:
         return self._requests(keys)
 
 
-class MemoMapper:
-    """A map function that also returns what the same object mapped to last time.
+class EnqueueOldAndNew(EnqueueRequestForOwner):
+    """Map both the old and the new object of an update (plain map functions see only the new one).
 
-    Map functions see only the new object; when a label change moves a Node out of a group (or an
-    InferenceService to another cache) the cache it *left* must hear of it too.
+    When a label change moves a Node out of a group, or an InferenceService to another cache, the
+    cache it *left* must hear of it too. The runtime's informer adapter maps old and new objects for
+    owner handlers, so this handler is one, with a map function in place of owner references.
     """
 
-    def __init__(self, fn: Callable[[Obj], list[Request]]) -> None:
-        self.fn = fn
-        self._last: dict[str, set[Request]] = {}
+    def __init__(self, map_fn: Callable[[Obj], list[Request]]) -> None:
+        super().__init__("", "", only_controller=False)
+        self.map_fn = map_fn
 
-    def __call__(self, obj: Obj) -> list[Request]:
-        key = object_key(obj)
-        now = set(self.fn(obj))
-        before = self._last.get(key, set())
-        self._last[key] = now
-        return sorted(now | before)
+    def requests(self, obj: Obj) -> Iterable[Request]:
+        return self.map_fn(obj)
 
 
 class LocalModelNodeMapper:
@@ -1234,7 +1234,7 @@ def setup_cache_controllers(
             .for_(scope.resource, predicates=[_cache_changed()])
             .watches(scope.resource, reconciler.map_fit, predicates=[_placement_changed()])
             .watches(other, reconciler.map_fit, predicates=[_placement_changed()])
-            .watches(NODES, MemoMapper(reconciler.map_node), predicates=[_node_changed()])
+            .watches(NODES, EnqueueOldAndNew(reconciler.map_node), predicates=[_node_changed()])
             .watches(LOCAL_MODEL_NODE_GROUPS, reconciler.map_group, predicates=[_spec_changed()])
             .watches(LOCAL_MODEL_NODES, LocalModelNodeMapper(reconciler), predicates=[_not_resync()])
             .watches(PERSISTENT_VOLUMES, reconciler.map_volume, predicates=[_not_resync()])
@@ -1242,7 +1242,9 @@ def setup_cache_controllers(
         )
         if track_consumers:
             builder = builder.watches(
-                INFERENCE_SERVICES, MemoMapper(reconciler.map_consumer), predicates=[_consumer_changed()]
+                INFERENCE_SERVICES,
+                EnqueueOldAndNew(reconciler.map_consumer),
+                predicates=[_consumer_changed()],
             )
         builder = builder.with_options(max_concurrent_reconciles=max_concurrent_reconciles, **options)
         controller = builder.build(reconciler)
