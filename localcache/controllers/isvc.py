@@ -234,19 +234,23 @@ class CacheReader:
         inf = self._informers.get(res)
         return inf if inf is not None and inf.has_synced() else None
 
-    async def list(self, res: Resource, namespace: str | None = None) -> list[Obj]:
-        inf = self._synced(res)
+    def cached(self, res: Resource) -> bool:
+        """Whether reads of ``res`` are answered by a synced informer (no API call)."""
+        return self._synced(res) is not None
+
+    async def list(self, res: Resource, namespace: str | None = None, *, live: bool = False) -> list[Obj]:
+        inf = None if live else self._synced(res)
         if inf is not None:
             return list(inf.store.list(namespace if res.namespaced else None))
         self.live_reads += 1
         items, _ = await self.client.list_all(res, namespace if res.namespaced else None)
         return list(items)
 
-    async def cluster_caches(self) -> list[Obj]:
-        return await self.list(LOCAL_MODEL_CACHES)
+    async def cluster_caches(self, *, live: bool = False) -> list[Obj]:
+        return await self.list(LOCAL_MODEL_CACHES, live=live)
 
-    async def namespace_caches(self, namespace: str) -> list[Obj]:
-        return await self.list(LOCAL_MODEL_NAMESPACE_CACHES, namespace)
+    async def namespace_caches(self, namespace: str, *, live: bool = False) -> list[Obj]:
+        return await self.list(LOCAL_MODEL_NAMESPACE_CACHES, namespace, live=live)
 
     async def get(self, name: str, namespace: str | None) -> Obj | None:
         """The cache ``name`` (a namespace cache when ``namespace`` is set); None when absent."""
@@ -309,17 +313,49 @@ def _object_ref(obj: Mapping[str, Any], req: AdmissionRequest) -> str:
 
 
 class InferenceServiceDefaulter:
-    """The mutating webhook for InferenceServices (CREATE and UPDATE)."""
+    """The mutating webhook for InferenceServices (CREATE and UPDATE).
 
-    def __init__(self, caches: CacheReader, config: ConfigReader) -> None:
+    ``confirm_misses``: when the informers find no cache for a service that names a storage URI, list
+    the caches live once before deciding. A hit costs no API call; a miss costs one LIST, which closes
+    the one gap an informer opens: ``kubectl apply`` of a cache and its service together, where the
+    service's admission can overtake the cache's watch event.
+    """
+
+    def __init__(self, caches: CacheReader, config: ConfigReader, *, confirm_misses: bool = True) -> None:
         self.caches = caches
         self.config = config
+        self.confirm_misses = confirm_misses
+        self.confirmed_misses = 0
+
+    async def _bind(
+        self, isvc: Obj, namespace: str, enabled: bool, *, live: bool = False
+    ) -> tuple[Obj, Binding | None]:
+        namespace_caches: list[Obj] = []
+        cluster_caches: list[Obj] = []
+        if enabled:
+            namespace_caches = await self.caches.namespace_caches(namespace, live=live)
+            cluster_caches = await self.caches.cluster_caches(live=live)
+        return default_inference_service(
+            isvc, enabled=enabled, namespace_caches=namespace_caches, cluster_caches=cluster_caches
+        )
 
     async def handle(self, req: AdmissionRequest) -> AdmissionResponse:
         isvc = req.object
         if req.operation not in ("CREATE", "UPDATE") or not isinstance(isvc, dict):
             return AdmissionResponse.allow()
         ref = _object_ref(isvc, req)
+        try:
+            uri = storage_uri_of(isvc)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field = ".".join(str(p) for p in first["loc"])
+            return AdmissionResponse.deny(
+                f"InferenceService {ref}: spec.predictor.{field}: {first['msg']}",
+                code=400,
+                reason="BadRequest",
+            )
+        if not uri:
+            return AdmissionResponse.allow()  # KServe returns early: nothing to bind, nothing removed
         try:
             local_model = await self.config.local_model()
         except ConfigError as exc:
@@ -329,26 +365,15 @@ class InferenceServiceDefaulter:
         enabled = local_model.enabled and ANNOTATION_DISABLE_LOCAL_MODEL not in (
             _meta(isvc).get("annotations") or {}
         )
-        namespace_caches: list[Obj] = []
-        cluster_caches: list[Obj] = []
-        if enabled:
-            namespace_caches = await self.caches.namespace_caches(namespace)
-            cluster_caches = await self.caches.cluster_caches()
-        try:
-            mutated, binding = default_inference_service(
-                isvc,
-                enabled=enabled,
-                namespace_caches=namespace_caches,
-                cluster_caches=cluster_caches,
-            )
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            field = ".".join(str(p) for p in first["loc"])
-            return AdmissionResponse.deny(
-                f"InferenceService {ref}: spec.predictor.{field}: {first['msg']}",
-                code=400,
-                reason="BadRequest",
-            )
+        mutated, binding = await self._bind(isvc, namespace, enabled)
+        if (
+            binding is None
+            and enabled
+            and self.confirm_misses
+            and (self.caches.cached(LOCAL_MODEL_CACHES) or self.caches.cached(LOCAL_MODEL_NAMESPACE_CACHES))
+        ):
+            self.confirmed_misses += 1
+            mutated, binding = await self._bind(isvc, namespace, enabled, live=True)
         log.info(
             "inferenceservice admitted",
             extra={

@@ -300,3 +300,31 @@ async def test_handler_rejects_an_unreadable_predictor_naming_the_field() -> Non
 async def test_handler_ignores_delete_and_objectless_requests() -> None:
     resp = await defaulter(FakeClient()).handle(review("DELETE", None, old=isvc_obj("s", "d", "hf://x")))
     assert resp.allowed and resp.patched is None and resp.patch is None
+
+
+async def test_a_miss_in_the_informers_is_confirmed_live_once() -> None:
+    """kubectl apply of a cache and its service together: the informer may not have the cache yet."""
+    client = FakeClient()
+    client.put(CONFIGMAPS, CONFIG)
+    client.put(LOCAL_MODEL_CACHES, CLUSTER[0])  # on the server, not yet in the informer
+    handler = defaulter(client)
+    handler.caches._informers = {
+        LOCAL_MODEL_CACHES: FakeInformer([]),
+        LOCAL_MODEL_NAMESPACE_CACHES: FakeInformer([]),
+    }
+    isvc = isvc_obj("s", "default", "hf://meta-llama/meta-llama-3-8b-instruct")
+    resp = await handler.handle(review("CREATE", isvc))
+    assert keys(patched(resp, isvc))[LABEL_LOCAL_MODEL] == "llama"
+    assert handler.confirmed_misses == 1 and client.count("list") == 2
+
+    client.calls.clear()
+    handler.confirm_misses = False
+    resp = await handler.handle(review("CREATE", isvc))
+    assert keys(patched(resp, isvc)) == {} and client.count("list") == 0
+
+
+async def test_a_service_without_storage_uri_costs_nothing() -> None:
+    client = FakeClient()  # no ConfigMap either: it is not needed
+    isvc = isvc_obj("s", "default", None, labels=STALE)
+    resp = await defaulter(client).handle(review("CREATE", isvc))
+    assert resp.allowed and resp.patched is None and client.calls == []
