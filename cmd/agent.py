@@ -82,6 +82,7 @@ async def run(args: argparse.Namespace) -> None:
             ManagerOptions(
                 metrics_bind_address=args.metrics_bind_address,
                 health_probe_bind_address=args.health_probe_bind_address,
+                loop_lag_interval=2.0,  # the lag check needs no sub-second ticks on an idle agent
             ),
             cache=agent_cache(client, options),
         )

@@ -322,9 +322,9 @@ class NodeAgent:
         return out
 
     # --- pre-flight ----------------------------------------------------------------------------------
-    def _run_preflight(self, groups: list[LocalModelNodeGroup]) -> PreflightResult:
+    def _run_preflight(self, groups: list[LocalModelNodeGroup], config_version: str = "") -> PreflightResult:
         """Re-run when the groups, their paths or the config change, or while it fails."""
-        key = tuple(sorted((g.name, g.spec.host_path or "") for g in groups))
+        key = (config_version, *sorted((g.name, g.spec.host_path or "") for g in groups))
         if self._preflight is not None and self._preflight.ok and key == self._preflight_key:
             return self._preflight
         result = preflight(self.options.models_root, self.options.host_path, groups)
@@ -366,7 +366,9 @@ class NodeAgent:
         members = groups_for_node(node, groups)
         named = {info.node_group for info in lmn.spec.local_models if info.node_group}
         checked = {g.name: g for g in [*members, *(g for g in groups if g.name in named)]}
-        pre = self._run_preflight(list(checked.values()))
+        cm = self.cache.get_cached(CONFIGMAPS, self.options.config_name, self.options.config_namespace) or {}
+        version = str((cm.get("metadata") or {}).get("resourceVersion") or "")
+        pre = self._run_preflight(list(checked.values()), version)
         self.last_preflight = pre
 
         wake = freq

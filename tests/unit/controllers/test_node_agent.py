@@ -540,3 +540,31 @@ async def test_backoff_survives_the_failed_job_being_deleted_early(tmp_path: Pat
     (second,) = w.jobs()
     assert second["metadata"]["annotations"]["localcache.kserve.io/download-attempt"] == "2"
     assert "previous attempt failed: Timeout: stall" in w.detail("m1")["message"]
+
+
+async def test_writability_is_checked_again_when_the_config_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from localcache.controllers import hostpath
+
+    w = make_world(tmp_path)
+    await w.reconcile()
+    assert w.condition(STORAGE_READY)["status"] == "True"
+    calls: list[Path] = []
+
+    def unwritable(root: Path, host: str) -> hostpath.PreflightResult:
+        calls.append(root)
+        return hostpath.PreflightResult(False, "StorageNotWritable", f"{root} is not writable (test)")
+
+    monkeypatch.setattr(hostpath, "check_writable", unwritable)
+    w.set_spec(entry("m1"))
+    await w.reconcile()
+    assert calls == [] and len(w.jobs()) == 1  # nothing changed that could affect the check
+    cm = w.client.objects[("configmaps", "kserve", "inferenceservice-config")]
+    w.client.put(CONFIGMAPS, cm)  # any change to the ConfigMap (new resourceVersion)
+    w.set_spec(entry("m1"), entry("b", URI_B))
+    await w.reconcile()
+    assert calls == [tmp_path]
+    cond = w.condition(STORAGE_READY)
+    assert cond["status"] == "False" and cond["reason"] == "StorageNotWritable"
+    assert len(w.jobs()) == 1 and w.status("b") == "ModelDownloadError"
