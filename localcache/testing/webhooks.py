@@ -131,8 +131,11 @@ class AdmissionHarness:
         failure_policy: str | None = None,
         timeout_seconds: int | None = None,
         cert_dir: Path | None = None,
+        config_client: Any | None = None,
     ) -> None:
         self.client = client
+        #: registers the webhook configurations; the manager's own identity need not be allowed to
+        self.config_client = config_client or client
         self.config_namespace = config_namespace
         self.disabled = parse_disabled(disabled)
         self.namespace_selector = namespace_selector
@@ -194,7 +197,7 @@ class AdmissionHarness:
             failure_policy=self.failure_policy,
             timeout_seconds=self.timeout_seconds,
         ):
-            created = await self.client.create(_RESOURCES[config["kind"]], config)
+            created = await self.config_client.create(_RESOURCES[config["kind"]], config)
             self.configurations.append(created)
         log.info("admission harness started", extra={"url": self.base_url, "paths": self.paths})
 
@@ -214,7 +217,9 @@ class AdmissionHarness:
     async def close(self) -> None:
         """Delete the configurations first (so nothing calls a dead server), then stop."""
         for config in self.configurations:
-            await self.client.delete(_RESOURCES[config["kind"]], config["metadata"]["name"], missing_ok=True)
+            await self.config_client.delete(
+                _RESOURCES[config["kind"]], config["metadata"]["name"], missing_ok=True
+            )
         self.configurations.clear()
         await self.stop_server()
         if self._tmp is not None:
