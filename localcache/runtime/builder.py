@@ -50,8 +50,8 @@ class Builder:
         self.cache = cache
         self._name = name
         self._for: tuple[Resource, tuple[Predicate, ...]] | None = None
-        self._owns: list[tuple[Resource, tuple[Predicate, ...], bool]] = []
-        self._watches: list[tuple[Resource, EnqueueHandler, tuple[Predicate, ...]]] = []
+        self._owns: list[tuple[Resource, tuple[Predicate, ...], bool, bool]] = []
+        self._watches: list[tuple[Resource, EnqueueHandler, tuple[Predicate, ...], bool]] = []
         self._filters: list[Predicate] = []
         self._options: dict[str, Any] = {}
         self._skip_name_validation = False
@@ -63,9 +63,18 @@ class Builder:
         return self
 
     def owns(
-        self, resource: Resource, *, predicates: Iterable[Predicate] = (), match_every_owner: bool = False
+        self,
+        resource: Resource,
+        *,
+        predicates: Iterable[Predicate] = (),
+        match_every_owner: bool = False,
+        metadata_only: bool = False,
     ) -> Builder:
-        self._owns.append((resource, tuple(predicates), match_every_owner))
+        """Reconcile the owner when an object it (controller-)owns changes; ``match_every_owner`` for all.
+
+        ``metadata_only`` caches only the owned objects' metadata (owner references are all it needs).
+        """
+        self._owns.append((resource, tuple(predicates), match_every_owner, metadata_only))
         return self
 
     def watches(
@@ -74,11 +83,19 @@ class Builder:
         handler: MapFunc | EnqueueHandler,
         *,
         predicates: Iterable[Predicate] = (),
+        metadata_only: bool = False,
     ) -> Builder:
         """Watch ``resource``; ``handler`` is a map function ``obj -> [Request]`` or an enqueue handler."""
-        h: EnqueueHandler = handler if hasattr(handler, "requests") else EnqueueRequestsFromMapFunc(handler)  # type: ignore[arg-type,assignment]
-        self._watches.append((resource, h, tuple(predicates)))
+        is_handler = hasattr(handler, "requests")
+        h: EnqueueHandler = handler if is_handler else EnqueueRequestsFromMapFunc(handler)  # type: ignore[assignment,arg-type]
+        self._watches.append((resource, h, tuple(predicates), metadata_only))
         return self
+
+    def watches_metadata(
+        self, resource: Resource, handler: MapFunc | EnqueueHandler, *, predicates: Iterable[Predicate] = ()
+    ) -> Builder:
+        """:meth:`watches` over a metadata-only informer (``PartialObjectMetadata``)."""
+        return self.watches(resource, handler, predicates=predicates, metadata_only=True)
 
     def with_event_filter(self, *predicates: Predicate) -> Builder:
         self._filters.extend(predicates)
@@ -112,13 +129,13 @@ class Builder:
         if self._for is not None:
             res, preds = self._for
             ctrl.watch(self.cache.informer_for(res), EnqueueRequestForObject(), *preds, *filters)
-            for owned, opreds, every in self._owns:
+            for owned, opreds, every, meta in self._owns:
                 handler = EnqueueRequestForOwner(
                     res.group, res.kind, only_controller=not every, owner_namespaced=res.namespaced
                 )
-                ctrl.watch(self.cache.informer_for(owned), handler, *opreds, *filters)
-        for res, h, wpreds in self._watches:
-            ctrl.watch(self.cache.informer_for(res), h, *wpreds, *filters)
+                ctrl.watch(self.cache.informer_for(owned, metadata_only=meta), handler, *opreds, *filters)
+        for res, h, wpreds, meta in self._watches:
+            ctrl.watch(self.cache.informer_for(res, metadata_only=meta), h, *wpreds, *filters)
         return ctrl
 
 

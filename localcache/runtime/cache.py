@@ -35,7 +35,16 @@ log = logging.getLogger(__name__)
 
 DEFAULT_SYNC_PERIOD = 10 * 3600.0
 Obj = dict[str, Any]
-InformerKey = tuple[Resource, str | None, str | None, str | None]
+InformerKey = tuple[Resource, str | None, str | None, str | None, bool]
+
+
+def _informer_name(key: InformerKey) -> str:
+    resource, ns, ls, fs, meta = key
+    name = f"{resource}"
+    name += f"@{ns}" if ns else ""
+    name += f"?{ls}" if ls else ""
+    name += f"?{fs}" if fs else ""
+    return name + ("[metadata]" if meta else "")
 
 
 class ResourceNotCached(errors.ApiError):
@@ -83,6 +92,7 @@ class InformerCache:
         namespace: str | None,
         label_selector: str | None,
         field_selector: str | None,
+        metadata_only: bool = False,
     ) -> InformerKey:
         ns = namespace if namespace is not None else self.namespace
         if not resource.namespaced:
@@ -90,7 +100,7 @@ class InformerCache:
         ls = label_selector if label_selector is not None else self.label_selectors.get(resource)
         fs = field_selector if field_selector is not None else self.field_selectors.get(resource)
         ls = str(parse_selector(ls)) or None if ls else None  # canonical form: equal selectors share
-        return resource, ns or None, ls, fs or None
+        return resource, ns or None, ls, fs or None, metadata_only
 
     def informer_for(
         self,
@@ -100,12 +110,16 @@ class InformerCache:
         label_selector: str | None = None,
         field_selector: str | None = None,
         indexers: Mapping[str, IndexFunc] | None = None,
+        metadata_only: bool = False,
     ) -> SharedInformer:
-        """The shared informer for that scope, created (and started, if the cache runs) on first use."""
-        key = self._key(resource, namespace, label_selector, field_selector)
+        """The shared informer for that scope, created (and started, if the cache runs) on first use.
+
+        ``metadata_only`` informers (``PartialObjectMetadata``) are separate from full ones.
+        """
+        key = self._key(resource, namespace, label_selector, field_selector, metadata_only)
         inf = self._informers.get(key)
         if inf is None:
-            _, ns, ls, fs = key
+            _, ns, ls, fs, _ = key
             resync = self.sync_period * (0.9 + 0.2 * self._rng.random()) if self.sync_period else None
             inf = SharedInformer(
                 self.client,
@@ -120,6 +134,8 @@ class InformerCache:
                 clock=self.clock,
                 use_watch_list=self.use_watch_list,
                 rng=self._rng,
+                metadata_only=metadata_only,
+                name=_informer_name(key),
             )
             self._informers[key] = inf
             log.info("cache: new informer %s", inf.name, extra={"informer": inf.name})
@@ -137,25 +153,29 @@ class InformerCache:
     def informers(self) -> list[SharedInformer]:
         return list(self._informers.values())
 
-    def _reader(self, resource: Resource, namespace: str | None) -> SharedInformer:
-        key = self._key(resource, None, None, None)
+    def _reader(
+        self, resource: Resource, namespace: str | None, metadata_only: bool = False
+    ) -> SharedInformer:
+        key = self._key(resource, None, None, None, metadata_only)
         inf = self._informers.get(key)
         if inf is None:
             # any informer on that resource covering the namespace will do
-            for (res, ns, _, _), candidate in self._informers.items():
-                if res == resource and (ns is None or ns == namespace):
+            for (res, ns, _, _, meta), candidate in self._informers.items():
+                if res == resource and meta == metadata_only and (ns is None or ns == namespace):
                     return candidate
             if self.fail_on_missing_informer:
                 raise ResourceNotCached(
                     f"no informer for {resource} in the cache; declare it (informer_for / a controller watch)"
                 )
-            inf = self.informer_for(resource)
+            inf = self.informer_for(resource, metadata_only=metadata_only)
         return inf
 
     # --- reads ---------------------------------------------------------------------------------------
-    async def get(self, resource: Resource, name: str, namespace: str | None = None) -> Obj:
+    async def get(
+        self, resource: Resource, name: str, namespace: str | None = None, *, metadata_only: bool = False
+    ) -> Obj:
         """The cached object (a dict the caller may mutate in compact storage); raises NotFound."""
-        inf = self._reader(resource, namespace)
+        inf = self._reader(resource, namespace, metadata_only)
         if not inf.has_synced():
             await inf.wait_for_sync(None)
         obj = inf.store.get_by_name(namespace if resource.namespaced else None, name)
@@ -176,8 +196,9 @@ class InformerCache:
         namespace: str | None = None,
         *,
         label_selector: str | Mapping[str, Any] | None = None,
+        metadata_only: bool = False,
     ) -> list[Obj]:
-        inf = self._reader(resource, namespace)
+        inf = self._reader(resource, namespace, metadata_only)
         items = inf.store.list(namespace if resource.namespaced else None)
         if label_selector:
             sel = parse_selector(label_selector)

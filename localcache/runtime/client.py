@@ -37,7 +37,6 @@ is counted in the ``rest_client_*`` metrics.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import ssl
@@ -52,7 +51,7 @@ import aiohttp
 from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio import config as k8s_config
 
-from localcache.runtime import errors, metrics
+from localcache.runtime import errors, jsoncodec, metrics
 from localcache.runtime.resources import Resource, split_api_version
 
 __all__ = ["PATCH_CONTENT_TYPES", "Client", "WatchEvent", "WatchStream"]
@@ -69,6 +68,8 @@ PATCH_CONTENT_TYPES = {
 WatchEvent = tuple[str, dict[str, Any]]
 JsonDecoder = Callable[[bytes], Any]
 
+METADATA_ACCEPT = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json"
+METADATA_LIST_ACCEPT = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
 DEFAULT_REQUEST_TIMEOUT = 30.0
 #: No bytes for this long on a watch means a half-open connection (bookmarks come about every minute).
 DEFAULT_WATCH_IDLE_TIMEOUT = 90.0
@@ -102,7 +103,7 @@ class Client:
         watch_idle_timeout: float = DEFAULT_WATCH_IDLE_TIMEOUT,
         max_watch_connections: int = 200,
         owns_api_client: bool = False,
-        decoder: JsonDecoder = json.loads,
+        decoder: JsonDecoder = jsoncodec.loads,
     ) -> None:
         self.api_client = api_client
         self.configuration: k8s.Configuration = api_client.configuration
@@ -192,8 +193,10 @@ class Client:
             )
         return self._watch_session
 
-    async def _headers(self, content_type: str | None = None) -> dict[str, str]:
-        headers = {"Accept": "application/json"}
+    async def _headers(
+        self, content_type: str | None = None, accept: str = "application/json"
+    ) -> dict[str, str]:
+        headers = {"Accept": accept}
         if content_type:
             headers["Content-Type"] = content_type
         ua = getattr(self.api_client, "user_agent", None)
@@ -231,12 +234,13 @@ class Client:
         body: Any = None,
         content_type: str = "application/json",
         request_timeout: float | None = None,
+        accept: str = "application/json",
     ) -> Any:
         """Send one request; return the decoded JSON body; raise a typed error for any non-2xx."""
         data: bytes | None = None
         if body is not None:
-            data = body if isinstance(body, bytes) else json.dumps(body, separators=(",", ":")).encode()
-        headers = await self._headers(content_type if data is not None else None)
+            data = body if isinstance(body, bytes) else jsoncodec.dumps(body)
+        headers = await self._headers(content_type if data is not None else None, accept)
         t = self.request_timeout if request_timeout is None else request_timeout
         started = time.monotonic()
         try:
@@ -280,8 +284,13 @@ class Client:
         limit: int | None = None,
         continue_: str | None = None,
         request_timeout: float | None = None,
+        metadata_only: bool = False,
     ) -> dict[str, Any]:
-        """One LIST page: the raw ``*List`` body (``items``, ``metadata.resourceVersion``/``continue``)."""
+        """One LIST page: the raw ``*List`` body (``items``, ``metadata.resourceVersion``/``continue``).
+
+        ``metadata_only``: items are ``PartialObjectMetadata`` (apiVersion/kind/metadata only), a cheap
+        way to cache what only needs names, labels and owner references.
+        """
         params: list[tuple[str, str]] = []
         if label_selector:
             params.append(("labelSelector", label_selector))
@@ -295,9 +304,24 @@ class Client:
             params.append(("limit", str(limit)))
         if continue_:
             params.append(("continue", continue_))
-        return await self.request(
-            "GET", resource.path(namespace), params=params, request_timeout=request_timeout
+        page = await self.request(
+            "GET",
+            resource.path(namespace),
+            params=params,
+            request_timeout=request_timeout,
+            accept=METADATA_LIST_ACCEPT if metadata_only else "application/json",
         )
+        # the server leaves apiVersion/kind off list items; fill them in (as client-go's unstructured
+        # decoding does) so an object looks the same whether it came from a LIST or a watch event
+        list_kind = page.get("kind") or ""
+        if list_kind.endswith("List"):
+            kind = list_kind[:-4]
+            api_version = page.get("apiVersion") or resource.api_version
+            for item in page.get("items") or ():
+                if "kind" not in item:
+                    item["kind"] = kind
+                    item["apiVersion"] = api_version
+        return page
 
     async def list_all(
         self, resource: Resource, namespace: str | None = None, *, page_size: int = 500, **kw: Any
@@ -331,6 +355,7 @@ class Client:
         field_selector: str | None = None,
         idle_timeout: float | None = None,
         raise_errors: bool = True,
+        metadata_only: bool = False,
     ) -> WatchStream:
         """A watch stream; use as ``async with client.watch(...) as w: async for t, obj in w``."""
         params: list[tuple[str, str]] = [("watch", "true")]
@@ -355,6 +380,7 @@ class Client:
             idle_timeout=self.watch_idle_timeout if idle_timeout is None else idle_timeout,
             total_timeout=(timeout_seconds + 30.0) if timeout_seconds else None,
             raise_errors=raise_errors,
+            accept=METADATA_ACCEPT if metadata_only else "application/json",
         )
 
     # --- writes ------------------------------------------------------------------------------------
@@ -577,6 +603,7 @@ class WatchStream:
         idle_timeout: float,
         total_timeout: float | None,
         raise_errors: bool,
+        accept: str = "application/json",
     ) -> None:
         self._client = client
         self._path = path
@@ -584,6 +611,7 @@ class WatchStream:
         self._idle = idle_timeout
         self._total = total_timeout
         self._raise = raise_errors
+        self._accept = accept
         self._resp: aiohttp.ClientResponse | None = None
         self._lines: AsyncIterator[bytes] | None = None
         self._done = False
@@ -591,7 +619,7 @@ class WatchStream:
 
     async def open(self) -> None:
         c = self._client
-        headers = await c._headers()
+        headers = await c._headers(accept=self._accept)
         started = time.monotonic()
         try:
             resp = await c._watches().get(

@@ -168,11 +168,13 @@ class HandlerRegistration:
         buf = self._buf
         calls = self._calls
         while True:
-            while not buf:
+            if not buf:
                 self._depth.set(0)
-                self._wake.clear()
-                await self._wake.wait()
-            self._depth.set(len(buf))
+                while not buf:
+                    self._wake.clear()
+                    await self._wake.wait()
+            if len(buf) > 1:
+                self._depth.set(len(buf))
             while buf:
                 kind, a, b = buf.popleft()
                 fn, is_async = calls[kind]
@@ -217,18 +219,29 @@ class SharedInformer:
         name: str | None = None,
         use_watch_list: bool = False,
         rng: random.Random | None = None,
+        metadata_only: bool = False,
     ) -> None:
-        """``source`` is a :class:`ListerWatcher`, or a ``Client`` (then ``resource`` is required)."""
+        """``source`` is a :class:`ListerWatcher`, or a ``Client`` (then ``resource`` is required).
+
+        ``metadata_only``: cache ``PartialObjectMetadata`` (apiVersion, kind, metadata) instead of
+        whole objects; enough for owner/label mapping at a fraction of the memory.
+        """
         if hasattr(source, "list") and hasattr(source, "watch") and resource is None:
             self.lw: ListerWatcher = source
         else:
             if resource is None:
                 raise ValueError("SharedInformer over a Client needs a resource")
             self.lw = ClientListerWatcher(
-                source, resource, namespace, label_selector=label_selector, field_selector=field_selector
+                source,
+                resource,
+                namespace,
+                label_selector=label_selector,
+                field_selector=field_selector,
+                metadata_only=metadata_only,
             )
         self.resource = resource
         self.namespace = namespace
+        self.metadata_only = metadata_only
         self.gvk = getattr(resource, "gvk", None) or (name or "unknown")
         self.name = name or (
             (f"{resource}" + (f"@{namespace}" if namespace else "")) if resource else "informer"
@@ -252,6 +265,7 @@ class SharedInformer:
             use_watch_list=use_watch_list,
             rng=rng,
         )
+        self.reflector.on_flush = lambda: self._m_cached.set(len(self.store))
 
     # --- handlers ------------------------------------------------------------------------------------
     def add_event_handler(
@@ -388,7 +402,6 @@ class SharedInformer:
         if old is None:
             for r in self._handlers:
                 r._push(_ADD, obj, False)
-            self._m_cached.inc()
         elif self._handlers:
             old_obj = self.store.unpack(old)
             for r in self._handlers:
@@ -398,8 +411,7 @@ class SharedInformer:
 
     def delete(self, obj: Obj) -> None:
         obj = self._prepare(obj)
-        if self.store.remove(object_key(obj)) is not None:
-            self._m_cached.dec()
+        self.store.remove(object_key(obj))
         for r in self._handlers:
             r._push(_DELETE, obj)
 

@@ -100,8 +100,10 @@ class ClientListerWatcher:
         *,
         label_selector: str | None = None,
         field_selector: str | None = None,
+        metadata_only: bool = False,
     ) -> None:
         self.client = client
+        self.metadata_only = metadata_only
         self.resource = resource
         self.namespace = namespace
         self.label_selector = label_selector or None
@@ -116,6 +118,7 @@ class ClientListerWatcher:
             resource_version=resource_version,
             limit=limit,
             continue_=continue_,
+            metadata_only=self.metadata_only,
         )
 
     def watch(
@@ -137,6 +140,7 @@ class ClientListerWatcher:
             send_initial_events=send_initial_events,
             label_selector=self.label_selector,
             field_selector=self.field_selector,
+            metadata_only=self.metadata_only,
         )
 
 
@@ -227,15 +231,21 @@ class Reflector:
         self.lists = 0
         self.watches = 0
         self._m_events: dict[str, Any] = {}
+        self._pending_counts: dict[str, int] = {}
+        self._last_flush = 0.0
+        self.on_flush: Callable[[], None] | None = None
+        self._m_rv = metrics.informer_last_resource_version.labels(self.gvk)
 
     # --- the outer loop ------------------------------------------------------------------------------
     async def run(self) -> None:
         while True:
+            failure: Exception | None = None
             try:
                 await self.list_and_watch()
             except asyncio.CancelledError:
                 raise
             except errors.ApiError as exc:
+                failure = exc
                 if isinstance(exc, errors.Gone):
                     log.info("reflector %s: %s; relisting", self.name, exc, extra={"reflector": self.name})
                 else:
@@ -246,10 +256,11 @@ class Reflector:
                         extra={"reflector": self.name, "status": exc.status},
                     )
             except Exception as exc:  # the reflector must survive anything and keep trying
+                failure = exc
                 log.warning(
                     "reflector %s: list-and-watch failed: %r", self.name, exc, extra={"reflector": self.name}
                 )
-            await self.backoff.sleep()
+            await self._backoff_for(failure)
 
     def relist_resource_version(self) -> str:
         if self._rv_unavailable:
@@ -331,17 +342,31 @@ class Reflector:
     def _set_rv(self, rv: str) -> None:
         if rv:
             self.last_sync_resource_version = rv
-            metrics.informer_last_resource_version.labels(self.gvk).set(_numeric_rv(rv))
+            self._m_rv.set(_numeric_rv(rv))
 
     # --- WATCH ---------------------------------------------------------------------------------------
     def _watch_timeout(self) -> int:
         return int(self.min_watch_timeout * (1.0 + self._rng.random()))
 
     def _count(self, etype: str) -> None:
-        c = self._m_events.get(etype)
-        if c is None:
-            c = self._m_events[etype] = metrics.informer_events_total.labels(self.gvk, etype)
-        c.inc()
+        # counted locally and flushed at most once a second: a labelled counter's inc() costs about
+        # as much as the rest of an event's handling
+        pending = self._pending_counts
+        pending[etype] = pending.get(etype, 0) + 1
+        now = self.clock.monotonic()
+        if now - self._last_flush >= 1.0:
+            self.flush_metrics(now)
+
+    def flush_metrics(self, now: float | None = None) -> None:
+        self._last_flush = self.clock.monotonic() if now is None else now
+        for etype, n in self._pending_counts.items():
+            c = self._m_events.get(etype)
+            if c is None:
+                c = self._m_events[etype] = metrics.informer_events_total.labels(self.gvk, etype)
+            c.inc(n)
+        self._pending_counts.clear()
+        if self.on_flush is not None:
+            self.on_flush()
 
     async def _watch_loop(self) -> None:
         while True:
@@ -359,7 +384,7 @@ class Reflector:
             except (errors.TooManyRequests, errors.ConnectionFailed) as exc:
                 metrics.informer_watch_restarts_total.labels(self.gvk, "error").inc()
                 log.info("reflector %s: watch not opened (%s); backing off, no relist", self.name, exc)
-                await self.backoff.sleep()
+                await self._backoff_for(exc)
                 continue
             except errors.Gone:
                 metrics.informer_watch_restarts_total.labels(self.gvk, "expired").inc()
@@ -382,12 +407,13 @@ class Reflector:
                     reason = "inactivity"
                 except errors.ConnectionFailed:
                     reason = "error"
-                except errors.TooManyRequests:
+                except errors.TooManyRequests as exc:
                     metrics.informer_watch_restarts_total.labels(self.gvk, "error").inc()
-                    await self.backoff.sleep()
+                    await self._backoff_for(exc)
                     continue
             finally:
                 await stream_cm.__aexit__(None, None, None)
+                self.flush_metrics()
             metrics.informer_watch_restarts_total.labels(self.gvk, reason).inc()
             if events == 0 and self.clock.monotonic() - started < 1.0 and reason == "closed":
                 raise VeryShortWatchError(f"reflector {self.name}: watch closed in under 1 s with no events")
@@ -398,6 +424,14 @@ class Reflector:
                 events,
                 self.last_sync_resource_version,
             )
+
+    async def _backoff_for(self, exc: Exception | None) -> None:
+        """The backoff delay, or longer if the server asked for it (429 Retry-After)."""
+        delay = self.backoff.next()
+        retry_after = getattr(exc, "retry_after", None)
+        if retry_after:
+            delay = max(delay, float(retry_after))
+        await self.clock.sleep(delay)
 
     def _handle(self, etype: str, obj: Obj) -> None:
         self._count(etype)

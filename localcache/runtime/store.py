@@ -6,9 +6,10 @@ store has items.
 
 Two storage modes, chosen per store:
 
-* ``"dict"``: objects are kept as the parsed dicts the informer received (dict keys interned so
-  10,000 copies share one ``"metadata"`` string). Reads return the stored object itself: callers
-  must not mutate it (use :func:`deep_copy` first), exactly client-go's contract.
+* ``"dict"``: objects are kept as the parsed dicts the informer received (dict keys shared, by
+  orjson's key cache or by interning, so 10,000 copies share one ``"metadata"`` string). Reads
+  return the stored object itself: callers must not mutate it (use :func:`deep_copy` first),
+  exactly client-go's contract.
 * ``"compact"`` (the default): objects are kept as compact JSON bytes and decoded on every read.
   Memory is about the objects' JSON size, and every read returns a fresh dict the caller owns, so a
   reconciler cannot corrupt the cache by mutating what it read (controller-runtime deep-copies on
@@ -20,11 +21,12 @@ was not observed (it vanished across a relist).
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
+
+from localcache.runtime import jsoncodec
 
 __all__ = [
     "NAMESPACE_INDEX",
@@ -93,10 +95,6 @@ def intern_keys(value: Any) -> Any:
     return value
 
 
-def _encode(obj: Obj) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
-
-
 class Store:
     """An indexed key → object map; see the module docstring for the storage modes."""
 
@@ -105,8 +103,8 @@ class Store:
         indexers: Mapping[str, IndexFunc] | None = None,
         *,
         mode: StorageMode = "compact",
-        encode: Callable[[Obj], bytes] = _encode,
-        decode: Callable[[bytes], Obj] = json.loads,
+        encode: Callable[[Obj], bytes] = jsoncodec.dumps_exact,
+        decode: Callable[[bytes], Obj] = jsoncodec.loads,
     ) -> None:
         if mode not in ("dict", "compact"):
             raise ValueError(f"storage mode must be 'dict' or 'compact', not {mode!r}")
@@ -125,7 +123,9 @@ class Store:
 
     # --- storage ---------------------------------------------------------------------------------
     def _pack(self, obj: Obj) -> Any:
-        return self._encode(obj) if self.mode == "compact" else obj
+        if self.mode == "compact":
+            return self._encode(obj)
+        return obj if jsoncodec.BACKEND == "orjson" else intern_keys(obj)  # orjson already shares keys
 
     def _unpack(self, stored: Any) -> Obj:
         return self._decode(stored) if self.mode == "compact" else stored

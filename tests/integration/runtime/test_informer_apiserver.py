@@ -321,3 +321,36 @@ async def test_controller_mirrors_configmaps_end_to_end(client: Client, namespac
         await wait_for(lambda: mirror_is(None), 60, "garbage collection of the mirror")
     finally:
         await stop(*tasks)
+
+
+async def test_watch_list_and_metadata_only_informers(client: Client, namespace: str) -> None:
+    for i in range(3):
+        await client.create(CONFIGMAPS, cm(f"w{i}", namespace, big="x" * 1000))
+    streamed = SharedInformer(client, CONFIGMAPS, namespace, use_watch_list=True, name="watch-list")
+    meta = SharedInformer(client, CONFIGMAPS, namespace, metadata_only=True, name="metadata-only")
+    lists: list[dict[str, Any]] = []
+    orig = client.list
+
+    async def spy(*a: Any, **kw: Any) -> Any:
+        lists.append(kw)
+        return await orig(*a, **kw)
+
+    client.list = spy  # type: ignore[method-assign]
+    tasks = [await run_task(streamed.start()), await run_task(meta.start())]
+    try:
+        assert await streamed.wait_for_sync(30) and await meta.wait_for_sync(30)
+        assert not streamed.reflector._watch_list_unsupported
+        assert [kw.get("metadata_only") for kw in lists] == [True], "watch-list synced without a LIST"
+        assert sorted(streamed.store.keys()) == [f"{namespace}/w{i}" for i in range(3)]
+        assert streamed.store.get(f"{namespace}/w0")["data"]["big"] == "x" * 1000
+        m = meta.store.get(f"{namespace}/w0")
+        assert m["kind"] == "PartialObjectMetadata" and "data" not in m and m["metadata"]["name"] == "w0"
+        await client.create(CONFIGMAPS, cm("w3", namespace))
+        await client.delete(CONFIGMAPS, "w0", namespace)
+        want = sorted(f"{namespace}/w{i}" for i in (1, 2, 3))
+        await wait_for(
+            lambda: sorted(streamed.store.keys()) == want and sorted(meta.store.keys()) == want, 30
+        )
+    finally:
+        client.list = orig  # type: ignore[method-assign]
+        await stop(*tasks)

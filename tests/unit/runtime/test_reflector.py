@@ -340,3 +340,25 @@ async def test_watch_list_streams_initial_state_then_keeps_watching() -> None:
     first = watches(src)[0]
     assert first["send_initial_events"] is True and first["resource_version_match"] == "NotOlderThan"
     await stop(t)
+
+
+async def test_429_retry_after_is_honoured_when_longer_than_backoff(rig: Any) -> None:
+    src, _sink, refl, clock = rig
+    src.watch_errors = [errors.TooManyRequests("slow down", retry_after=10.0, reason="TooManyRequests")]
+    t = await start(refl)
+    await eventually(lambda: len(watches(src)) == 1, clock)
+    t0 = clock.monotonic()
+    await eventually(lambda: src.open_watches == 1, clock, step=0.5)
+    assert clock.monotonic() - t0 >= 10
+    assert len(lists(src)) == 1
+    await stop(t)
+
+
+async def test_list_errors_back_off_and_retry(rig: Any) -> None:
+    src, sink, refl, clock = rig
+    src.add(cm("a"))
+    src.list_errors = [errors.ServerError("etcd down", reason="InternalError")] * 3
+    t = await start(refl)
+    await eventually(lambda: src.open_watches == 1, clock, step=0.2)
+    assert len(lists(src)) == 4 and "ns/a" in sink.objects
+    await stop(t)
