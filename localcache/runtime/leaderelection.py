@@ -201,6 +201,7 @@ class LeaderElector:
         self._observed_lease: dict[str, Any] | None = None
         self._observed_time = 0.0
         self._reported_leader: str | None = None
+        self._last_success_sent = 0.0
         master_status.labels(config.name).set(0)
 
     # --- state ------------------------------------------------------------------------------------
@@ -286,14 +287,20 @@ class LeaderElector:
         return lease
 
     async def try_acquire_or_renew(self) -> bool:
-        """One attempt, client-go's ``tryAcquireOrRenew``: True when we hold the lease afterwards."""
+        """One attempt, client-go's ``tryAcquireOrRenew``: True when we hold the lease afterwards.
+
+        Two clocks readings, each chosen to be on the safe side when answers are slow: someone
+        else's record counts as observed when the answer *arrived* (its expiry is judged later,
+        never earlier), our own successful write counts from when it was *sent* (we step down
+        earlier, never later).
+        """
         cfg = self.config
-        now = self._clock.monotonic()
         stamp = format_micro_time(self._clock.now())
         desired = LeaseRecord(cfg.identity, cfg.lease_duration_seconds, stamp, stamp, 0)
 
         # Fast path: we led, the lease is still ours by our own observation; update optimistically.
-        if self._holds_observed() and self._observed_valid(now) and self._observed_lease is not None:
+        sent = self._clock.monotonic()
+        if self._holds_observed() and self._observed_valid(sent) and self._observed_lease is not None:
             assert self._observed is not None
             renewed = LeaseRecord(cfg.identity, cfg.lease_duration_seconds, self._observed.acquire_time,
                                   stamp, self._observed.lease_transitions)  # fmt: skip
@@ -305,30 +312,36 @@ class LeaderElector:
                 log.info("leader election: fast-path renewal failed, falling back to get + update",
                          extra={"lease": cfg.name, "error": str(exc)})  # fmt: skip
             else:
-                self._observe(lease, now)
+                self._won(lease, sent)
                 return True
         slowpath_total.labels(cfg.name).inc()
 
         try:
             current = await self.client.get(LEASES, cfg.name, cfg.namespace)
         except errors.NotFound:
+            sent = self._clock.monotonic()
             try:
                 lease = await self.client.create(LEASES, self._lease_body(None, desired), cfg.namespace)
             except errors.ApiError as exc:
                 log.info("leader election: lease create failed", extra={"lease": cfg.name, "error": str(exc)})
                 return False
-            self._observe(lease, now)
+            self._won(lease, sent)
             return True
         except errors.ApiError as exc:
             log.warning("leader election: lease get failed", extra={"lease": cfg.name, "error": str(exc)})
             return False
 
+        arrived = self._clock.monotonic()
         record = LeaseRecord.from_lease(current)
         if self._observed is None or record != self._observed:
-            self._observe(current, now)
+            self._observe(current, arrived)
         else:
             self._observed_lease = current  # same record; keep the freshest resourceVersion
-        if record.holder_identity and record.holder_identity != cfg.identity and self._observed_valid(now):
+        if (
+            record.holder_identity
+            and record.holder_identity != cfg.identity
+            and self._observed_valid(arrived)
+        ):
             return False  # held by someone else, not expired by our own observation
 
         if record.holder_identity == cfg.identity:
@@ -337,13 +350,18 @@ class LeaderElector:
         else:
             desired = LeaseRecord(cfg.identity, cfg.lease_duration_seconds, stamp, stamp,
                                   record.lease_transitions + 1)  # fmt: skip
+        sent = self._clock.monotonic()
         try:
             lease = await self.client.update(LEASES, self._lease_body(current, desired), cfg.namespace)
         except errors.ApiError as exc:
             log.info("leader election: lease update failed", extra={"lease": cfg.name, "error": str(exc)})
             return False
-        self._observe(lease, now)
+        self._won(lease, sent)
         return True
+
+    def _won(self, lease: dict[str, Any], sent: float) -> None:
+        self._observe(lease, sent)
+        self._last_success_sent = sent
 
     async def _attempt(self, budget: float) -> bool:
         try:
@@ -365,9 +383,17 @@ class LeaderElector:
             await self._clock.sleep(cfg.retry_period * (1.0 + self._rng.random() * JITTER_FACTOR))
 
     async def _renew_until_lost(self) -> None:
+        """Renew until a round fails; return then (leadership is lost).
+
+        A round's deadline counts from when the last successful renewal was *sent*, not from when
+        its answer came back: ``sent + retry_period + renew_deadline``. With fast answers this is
+        client-go's rule (round start + renew deadline); with a slow answer it keeps a leader from
+        believing in a lease that others, who saw the write as early as it was sent, may already
+        consider expired. So a leader always steps down before ``sent + lease_duration``.
+        """
         cfg = self.config
         while True:
-            deadline = self._clock.monotonic() + cfg.renew_deadline
+            deadline = self._last_success_sent + cfg.retry_period + cfg.renew_deadline
             renewed = False
             while True:
                 remaining = deadline - self._clock.monotonic()

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import itertools
+import os
 import random
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -407,3 +410,73 @@ async def test_a_malformed_lease_is_a_failed_attempt(clock: FakeClock, store: Fa
         assert c.elector.is_leader
     finally:
         await c.stop()
+
+
+# --- randomized safety -----------------------------------------------------------------------------
+class Flaky:
+    """One elector's view of the store: errors, slow requests and slow answers, at random."""
+
+    def __init__(self, store: FakeLeases, rng: random.Random, clock: FakeClock) -> None:
+        self.store, self.rng, self.clock = store, rng, clock
+
+    async def _call(self, apply: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
+        r = self.rng.random()
+        if r < 0.15:
+            raise errors.ServerError("injected failure")
+        if r < 0.25:  # a slow request: the server applies it late (or never, if the caller gives up)
+            await self.clock.sleep(self.rng.uniform(0, 12))
+            return await apply()
+        if r < 0.35:  # a slow answer: applied at once, the caller hears of it late
+            result = await apply()
+            await self.clock.sleep(self.rng.uniform(0, 12))
+            return result
+        return await apply()
+
+    async def get(self, resource: Resource, name: str, namespace: str | None = None) -> dict[str, Any]:
+        return await self._call(lambda: self.store.get(resource, name, namespace))
+
+    async def create(
+        self, resource: Resource, obj: dict[str, Any], namespace: str | None = None
+    ) -> dict[str, Any]:
+        return await self._call(lambda: self.store.create(resource, obj, namespace))
+
+    async def update(
+        self, resource: Resource, obj: dict[str, Any], namespace: str | None = None
+    ) -> dict[str, Any]:
+        return await self._call(lambda: self.store.update(resource, obj, namespace))
+
+
+@pytest.mark.parametrize("seed", range(int(os.environ.get("LEADER_CHAOS_SEEDS", "8"))))
+async def test_never_two_leaders_under_random_faults(seed: int) -> None:
+    """Three electors, flaky API, leaders crashing at random: at no instant do two believe they lead."""
+    rng = random.Random(seed)
+    clock, store = FakeClock(), FakeLeases()
+    counter = itertools.count()
+
+    def campaign() -> Campaign:
+        n = next(counter)
+        api = Flaky(store, random.Random(seed * 1000 + n), clock)
+        return Campaign(LeaderElector(api, config(f"e{n}", name=f"chaos{seed}"), clock=clock,
+                                      rng=random.Random(seed * 7 + n)))  # fmt: skip
+
+    campaigns = [campaign() for _ in range(3)]
+    leaders_seen: set[str] = set()
+    try:
+        for _ in range(600):  # 150 s of virtual time
+            await clock.advance(0.25)
+            leading = [c.elector.identity for c in campaigns if c.elector.is_leader]
+            assert len(leading) <= 1, f"two leaders at once: {leading}"
+            leaders_seen.update(leading)
+            for c in list(campaigns):
+                if c.task.done():  # lost its lease: the process would exit and restart
+                    campaigns.remove(c)
+                    campaigns.append(campaign())
+            if leading and rng.random() < 0.02:  # the leader crashes without releasing
+                victim = next(c for c in campaigns if c.elector.is_leader)
+                await victim.stop()
+                campaigns.remove(victim)
+                campaigns.append(campaign())
+        assert leaders_seen, "nobody ever led"
+    finally:
+        for c in campaigns:
+            await c.stop()
