@@ -93,7 +93,7 @@ def build_admission(
         handlers[PATH_ISVC] = InferenceServiceDefaulter(
             caches, ConfigReader(client, cache, config_namespace)
         ).handle
-    readiness = ModelReadiness(client, caches)
+    readiness = ModelReadiness(client, caches, cache)
     if "pod" not in disabled:
         handlers[PATH_POD] = PodMutator(readiness, gate="podgate" not in disabled).handle
     if "validate-cache" not in disabled:

@@ -21,6 +21,7 @@ Public interface::
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import logging
 from collections.abc import Iterable, Mapping
@@ -29,7 +30,6 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from localcache.api.base import KubeObject
 from localcache.api.constants import (
     ANNOTATION_DISABLE_LOCAL_MODEL,
     ANNOTATION_LOCAL_MODEL_PVC_NAME,
@@ -40,11 +40,15 @@ from localcache.api.constants import (
     LABEL_LOCAL_MODEL_NAMESPACE,
 )
 from localcache.api.inferenceservice import InferenceService
-from localcache.api.localmodelcache import LocalModelCache, LocalModelNamespaceCache
-from localcache.api.localmodelnode import LocalModelNode
-from localcache.api.localmodelnodegroup import LocalModelNodeGroup
 from localcache.api.naming import match_storage_uri, serving_pvc_name
 from localcache.config import KEY_LOCAL_MODEL, ConfigError, LocalModelConfig, parse_config
+from localcache.controllers import (
+    INFERENCE_SERVICES,
+    LOCAL_MODEL_CACHES,
+    LOCAL_MODEL_NAMESPACE_CACHES,
+    LOCAL_MODEL_NODE_GROUPS,
+    LOCAL_MODEL_NODES,
+)
 from localcache.runtime import errors
 from localcache.runtime.cache import InformerCache
 from localcache.runtime.informer import SharedInformer
@@ -63,25 +67,11 @@ __all__ = [
     "InferenceServiceDefaulter",
     "default_inference_service",
     "match_cache",
-    "resource_of",
 ]
 
 log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
-
-
-def resource_of(model: type[KubeObject]) -> Resource:
-    """The REST coordinate of an API model, from its CRD description (names are never typed twice)."""
-    crd = model.CRD
-    return Resource(crd.group, crd.version, crd.plural, crd.kind, crd.namespaced)
-
-
-LOCAL_MODEL_CACHES = resource_of(LocalModelCache)
-LOCAL_MODEL_NAMESPACE_CACHES = resource_of(LocalModelNamespaceCache)
-LOCAL_MODEL_NODE_GROUPS = resource_of(LocalModelNodeGroup)
-LOCAL_MODEL_NODES = resource_of(LocalModelNode)
-INFERENCE_SERVICES = resource_of(InferenceService)
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,8 +323,9 @@ class InferenceServiceDefaulter:
         namespace_caches: list[Obj] = []
         cluster_caches: list[Obj] = []
         if enabled:
-            namespace_caches = await self.caches.namespace_caches(namespace, live=live)
-            cluster_caches = await self.caches.cluster_caches(live=live)
+            namespace_caches, cluster_caches = await asyncio.gather(
+                self.caches.namespace_caches(namespace, live=live), self.caches.cluster_caches(live=live)
+            )
         return default_inference_service(
             isvc, enabled=enabled, namespace_caches=namespace_caches, cluster_caches=cluster_caches
         )

@@ -48,9 +48,12 @@ from localcache.api.constants import (
 )
 from localcache.api.localmodelcache import NodeStatus
 from localcache.api.naming import pvc_storage_uri, serving_pvc_name
-from localcache.controllers.isvc import LOCAL_MODEL_NODE_GROUPS, CacheReader
+from localcache.controllers import LOCAL_MODEL_NODE_GROUPS
+from localcache.controllers.isvc import CacheReader
+from localcache.controllers.membership import group_terms, match_node_selector_terms
 from localcache.runtime import errors
-from localcache.runtime.resources import NODES
+from localcache.runtime.cache import InformerCache, ResourceNotCached
+from localcache.runtime.resources import NODES, Resource
 from localcache.runtime.webhook import AdmissionRequest, AdmissionResponse
 
 __all__ = [
@@ -66,7 +69,6 @@ __all__ = [
     "add_scheduling_gate",
     "has_scheduling_gate",
     "narrow_node_affinity",
-    "node_selector_terms_match",
     "remove_scheduling_gate",
     "rewrite_pod",
 ]
@@ -221,42 +223,6 @@ def narrow_node_affinity(spec: dict[str, Any], nodes: Iterable[str]) -> None:
             expressions.append(dict(requirement, values=list(values)))
 
 
-def _requirement_matches(req: Mapping[str, Any], value: str | None) -> bool:
-    op = req.get("operator")
-    values = [str(v) for v in req.get("values") or []]
-    if op == "In":
-        return value is not None and value in values
-    if op == "NotIn":
-        return value is None or value not in values
-    if op == "Exists":
-        return value is not None
-    if op == "DoesNotExist":
-        return value is None
-    if op in ("Gt", "Lt") and value is not None and len(values) == 1:
-        try:
-            have, bound = int(value), int(values[0])
-        except ValueError:
-            return False
-        return have > bound if op == "Gt" else have < bound
-    return False
-
-
-def node_selector_terms_match(terms: Iterable[Mapping[str, Any]], node: Mapping[str, Any]) -> bool:
-    """Kubernetes' MatchNodeSelectorTerms: any term whose requirements all hold; empty terms match nothing."""
-    labels = _meta(node).get("labels") or {}
-    fields = {"metadata.name": _meta(node).get("name")}
-    for term in terms:
-        expressions = term.get("matchExpressions") or []
-        field_reqs = term.get("matchFields") or []
-        if not expressions and not field_reqs:
-            continue
-        if all(_requirement_matches(r, labels.get(r.get("key"))) for r in expressions) and all(
-            _requirement_matches(r, fields.get(r.get("key"))) for r in field_reqs
-        ):
-            return True
-    return False
-
-
 @dataclass(frozen=True, slots=True)
 class ReadyNodes:
     """Where a bound pod may run: ``nodes`` (empty while it must wait) and why, for events and logs."""
@@ -272,12 +238,29 @@ class ModelReadiness:
 
     With a single node group every node in ``status.nodeStatus`` belongs to it (the cache controller
     only lists group members). With several, membership is the group's PV ``nodeAffinity.required``
-    evaluated on the Node, as the cache controller decides it.
+    evaluated on the Node (:mod:`localcache.controllers.membership`, as the cache controller decides it),
+    reading Nodes and groups from the manager's informers when present.
     """
 
-    def __init__(self, client: Any, caches: CacheReader) -> None:
+    def __init__(self, client: Any, caches: CacheReader, cache: InformerCache | None = None) -> None:
         self.client = client
         self.caches = caches
+        self.cache = cache
+
+    async def _get(self, res: Resource, name: str) -> Obj | None:
+        """From the manager's informers when some controller declared them (the cache controller
+        watches Nodes and node groups), else a live GET; None when absent."""
+        if self.cache is not None:
+            try:
+                obj = self.cache.get_cached(res, name)
+            except ResourceNotCached:
+                obj = None
+            if obj is not None:
+                return obj
+        try:
+            return dict(await self.client.get(res, name))
+        except errors.NotFound:
+            return None
 
     @staticmethod
     def cache_of(pod: Mapping[str, Any]) -> tuple[str, str | None] | None:
@@ -303,19 +286,12 @@ class ModelReadiness:
         return groups[0] if groups else None
 
     async def _members(self, group: str, candidates: list[str]) -> set[str]:
-        try:
-            node_group = await self.client.get(LOCAL_MODEL_NODE_GROUPS, group)
-        except errors.NotFound:
-            return set()
-        pv_spec = (node_group.get("spec") or {}).get("persistentVolumeSpec") or {}
-        terms = (((pv_spec.get("nodeAffinity") or {}).get("required")) or {}).get("nodeSelectorTerms") or []
+        node_group = await self._get(LOCAL_MODEL_NODE_GROUPS, group)
+        terms = group_terms(node_group) if node_group is not None else []
         members: set[str] = set()
-        for name in candidates:
-            try:
-                node = await self.client.get(NODES, name)
-            except errors.NotFound:
-                continue
-            if node_selector_terms_match(terms, node):
+        for name in candidates if terms else []:
+            node = await self._get(NODES, name)
+            if node is not None and match_node_selector_terms(node, terms):
                 members.add(name)
         return members
 

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from localcache.api.constants import LABEL_LOCAL_MODEL, LABEL_LOCAL_MODEL_NAMESPACE
-from localcache.controllers.isvc import LOCAL_MODEL_CACHES, LOCAL_MODEL_NAMESPACE_CACHES
+from localcache.controllers import LOCAL_MODEL_CACHES, LOCAL_MODEL_NAMESPACE_CACHES
 from localcache.controllers.pod import (
     SCHEDULING_GATE,
     ModelReadiness,

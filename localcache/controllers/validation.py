@@ -25,11 +25,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from localcache.api.constants import LABEL_LOCAL_MODEL, LABEL_LOCAL_MODEL_NAMESPACE
-from localcache.controllers.isvc import (
-    INFERENCE_SERVICES,
-    LOCAL_MODEL_CACHES,
-    LOCAL_MODEL_NODE_GROUPS,
-)
+from localcache.controllers import INFERENCE_SERVICES, LOCAL_MODEL_CACHES, LOCAL_MODEL_NODE_GROUPS
 from localcache.runtime import errors
 from localcache.runtime.resources import Resource
 from localcache.runtime.webhook import AdmissionRequest, AdmissionResponse

@@ -30,7 +30,6 @@ from localcache.controllers.pod import (
     PodRewriteError,
     has_scheduling_gate,
     narrow_node_affinity,
-    node_selector_terms_match,
     remove_scheduling_gate,
     rewrite_pod,
 )
@@ -215,44 +214,6 @@ def test_gate_removal_keeps_other_gates() -> None:
     assert spec["schedulingGates"] == [{"name": "other"}]
     remove_scheduling_gate(spec := {"schedulingGates": [{"name": SCHEDULING_GATE}]})
     assert "schedulingGates" not in spec
-
-
-NODE = {"metadata": {"name": "n1", "labels": {"gpu": "a100", "size": "8", "zone": "z1"}}}
-
-
-@pytest.mark.parametrize(
-    ("terms", "matches"),
-    [
-        ([{"matchExpressions": [{"key": "gpu", "operator": "In", "values": ["a100", "h100"]}]}], True),
-        ([{"matchExpressions": [{"key": "gpu", "operator": "NotIn", "values": ["a100"]}]}], False),
-        ([{"matchExpressions": [{"key": "absent", "operator": "NotIn", "values": ["x"]}]}], True),
-        (
-            [
-                {
-                    "matchExpressions": [
-                        {"key": "gpu", "operator": "Exists"},
-                        {"key": "zone", "operator": "DoesNotExist"},
-                    ]
-                }
-            ],
-            False,
-        ),
-        ([{"matchExpressions": [{"key": "size", "operator": "Gt", "values": ["4"]}]}], True),
-        ([{"matchExpressions": [{"key": "size", "operator": "Lt", "values": ["4"]}]}], False),
-        ([{"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["n1"]}]}], True),
-        ([{}, {"matchExpressions": [{"key": "gpu", "operator": "In", "values": ["h100"]}]}], False),
-        (
-            [
-                {"matchExpressions": [{"key": "gpu", "operator": "In", "values": ["h100"]}]},
-                {"matchExpressions": [{"key": "zone", "operator": "Exists"}]},
-            ],
-            True,
-        ),
-        ([], False),
-    ],
-)
-def test_node_selector_terms_match(terms: list[Obj], matches: bool) -> None:
-    assert node_selector_terms_match(terms, NODE) is matches
 
 
 def readiness_with(
