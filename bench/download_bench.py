@@ -128,7 +128,14 @@ def tool_commands(scenario: str, endpoint: str, dest: Path, s3env: dict[str, str
     }
 
 
+def _stop(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # run the finally blocks: stop the servers
+
+
 def main() -> int:
+    import signal
+
+    signal.signal(signal.SIGTERM, _stop)
     t_gen = time.perf_counter()
     generate_model(DATA, shards=SHARDS, shard_bytes=SHARD_MIB * MiB)
     total = sum(p.stat().st_size for p in DATA.iterdir() if p.is_file() and not p.name.startswith("."))

@@ -76,7 +76,7 @@ class Settings:
     gcs_credentials: dict[str, Any] | str | None = None
     gcs_endpoint: str | None = None
     http_headers: dict[str, str] = field(default_factory=dict)
-    connections: int = 32
+    connections: int = 16
     range_size: int = 32 * MiB
     stall_timeout: float = 30.0
     retries: int = 5

@@ -136,8 +136,8 @@ class Transfer:
         else:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
-        if remote.size is None:
-            # An unsized stream cannot be resumed in the middle.
+        if remote.size is None or not remote.ranged:
+            # An unsized or unranged stream cannot be resumed in the middle.
             job.partial.clear()
             if job.verified is None:
                 job.done.clear()
@@ -259,6 +259,8 @@ class Transfer:
             )
             async for attempt in retrying:
                 with attempt:
+                    if not job.remote.ranged and state["pos"] != start:
+                        state["pos"] = start  # no Range support: start the stream over
                     await self._stream_range(job, index, state, end)
         except _Stalled as exc:
             raise DownloadError(
@@ -336,6 +338,8 @@ class Transfer:
         allow_retry_whole: bool,
     ) -> None:
         hasher = MultiHasher(job.remote.expected, job.remote.size)
+        # One reused buffer per file being hashed: no allocation per block, RSS stays flat.
+        block = bytearray(min(HASH_BLOCK, max(job.remote.size or HASH_BLOCK, 1)))
         offset = 0
         for index, (_start, end) in enumerate(job.ranges):
             async with job.cond:
@@ -343,10 +347,10 @@ class Transfer:
             stop = end if end is not None else (job.final_size or 0)
             while offset < stop:
                 n = min(HASH_BLOCK, stop - offset)
-                block = await asyncio.to_thread(_pread_hash, job.fd, hasher, n, offset)
-                if block == 0:
+                got = await asyncio.to_thread(_pread_hash, job.fd, hasher, block, n, offset)
+                if got == 0:
                     break
-                offset += block
+                offset += got
         size = offset
         if job.remote.size is not None and size != job.remote.size:
             raise DownloadError(
@@ -390,10 +394,11 @@ def _pwrite_all(fd: int, chunks: list[bytes], offset: int) -> int:
     return n
 
 
-def _pread_hash(fd: int, hasher: MultiHasher, n: int, offset: int) -> int:
-    data = os.pread(fd, n, offset)
-    hasher.update(data)
-    return len(data)
+def _pread_hash(fd: int, hasher: MultiHasher, block: bytearray, n: int, offset: int) -> int:
+    view = memoryview(block)[:n]
+    got = os.preadv(fd, [view], offset)
+    hasher.update(view[:got])
+    return got
 
 
 def _first_download_error(group: BaseExceptionGroup) -> BaseException:

@@ -348,3 +348,33 @@ async def test_full_disk_gives_disk_full_and_leaves_nothing(web: HttpFileServer,
     finally:
         umount = await asyncio.create_subprocess_exec("umount", str(mnt))
         await umount.wait()
+
+
+async def test_sigterm_keeps_partial_bytes_for_the_next_attempt(web: HttpFileServer, tmp_path: Path) -> None:
+    import signal
+
+    cut = 3 * MiB + 11
+    web.faults["weights.bin"] = Fault("stall", after=cut)
+    dest = tmp_path / "d"
+    env = clean_env(LOCALCACHE_CONNECTIONS="1", LOCALCACHE_STALL_TIMEOUT="600")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(DOWNLOAD),
+        f"{web.url}/weights.bin",
+        str(dest),
+        env=env,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    deadline = asyncio.get_running_loop().time() + 60
+    while web.bytes_sent["weights.bin"] < cut:  # the pod is mid-transfer
+        assert asyncio.get_running_loop().time() < deadline, "download never reached the stall"
+        await asyncio.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = await proc.communicate()
+    assert proc.returncode == FailureReason.UNKNOWN.exit_code
+    assert "interrupted" in err.decode()
+    web.faults.clear()
+    web.bytes_sent.clear()
+    res = await run_download(f"{web.url}/weights.bin", dest, LOCALCACHE_CONNECTIONS="1")
+    assert res.code == 0, res.stderr
+    assert web.bytes_sent["weights.bin"] == 6 * MiB + 1 - cut
