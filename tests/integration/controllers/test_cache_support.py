@@ -24,7 +24,7 @@ from localcache.controllers import (
 )
 from localcache.controllers.cache import setup_cache_controllers
 from localcache.controllers.nodegroup import setup_nodegroup_controller
-from localcache.runtime import Client, NotFound
+from localcache.runtime import AlreadyExists, Client, Conflict, NotFound
 from localcache.runtime.manager import Manager, ManagerOptions
 from localcache.runtime.reconcile import Request
 from localcache.runtime.resources import CONFIGMAPS, NAMESPACES, NODES, PERSISTENT_VOLUME_CLAIMS, Resource
@@ -42,8 +42,35 @@ class CountingClient(Client):
         if method in WRITE_VERBS:
             if not hasattr(self, "writes"):
                 self.writes = Counter()
+                self.conflicts = Counter()
             self.writes[(method, path)] += 1
+            try:
+                return await super().request(method, path, **kw)
+            except (Conflict, AlreadyExists):
+                self.conflicts[(method, path)] += 1
+                raise
         return await super().request(method, path, **kw)
+
+    def breakdown(self) -> dict[str, int]:
+        """Writes by verb and resource (the path's last collection segment), plus refused ones."""
+        out: Counter[str] = Counter()
+        for (method, path), n in getattr(self, "writes", Counter()).items():
+            parts = path.rstrip("/").split("/")
+            res = (
+                parts[-1]
+                if parts[-1] == "status"
+                else next(
+                    (p for p in reversed(parts[:-1]) if p.endswith("s") and p not in ("namespaces",)),
+                    parts[-1],
+                )
+            )
+            out[
+                f"{method} {res}{'/status' if parts[-1] == 'status' else ''}".replace(
+                    "status/status", "status"
+                )
+            ] += n
+        out["refused (409)"] = sum(getattr(self, "conflicts", Counter()).values())
+        return dict(sorted(out.items()))
 
     def total_writes(self, *, events: bool = True) -> int:
         counts = getattr(self, "writes", Counter())
