@@ -2,7 +2,9 @@
 
 One call from ``cmd/manager.py``::
 
-    register_admission(manager, config_namespace=config_namespace(), disabled=frozenset(flags.disable))
+    enabled = register_admission(
+        manager, config_namespace=args.config_namespace, disabled=[args.disable_webhooks], server=server
+    )
 
 registers, on the manager's webhook server, the handlers at the paths the shipped webhook
 configurations (``manifests/base/webhook``) call, declares the informers they read (so the manager's
@@ -24,7 +26,7 @@ from localcache.controllers.isvc import CacheReader, ConfigReader, InferenceServ
 from localcache.controllers.pod import ModelReadiness, PodMutator
 from localcache.controllers.podgate import build_pod_gate_controller
 from localcache.controllers.validation import CacheValidator, ConsumerFinder, NamespaceCacheValidator
-from localcache.runtime.webhook import Handler
+from localcache.runtime.webhook import Handler, WebhookServer
 
 __all__ = [
     "COMPONENTS",
@@ -58,11 +60,16 @@ EVENT_COMPONENT = "localcache-podgate"
 
 
 def parse_disabled(names: Iterable[str]) -> frozenset[str]:
-    """Validate component names (also accepts one comma-separated string per item, as flags give)."""
+    """Validate component names; each item may be a comma-separated list (as flags give) and ``all``
+    stands for every component."""
     out = {n.strip() for item in names for n in item.split(",") if n.strip()}
+    if "all" in out:
+        return COMPONENTS
     unknown = sorted(out - COMPONENTS)
     if unknown:
-        raise ValueError(f"unknown admission component(s) {unknown}: choose from {sorted(COMPONENTS)}")
+        raise ValueError(
+            f"unknown admission component(s) {unknown}: choose from {sorted(COMPONENTS)} or 'all'"
+        )
     return frozenset(out)
 
 
@@ -108,27 +115,35 @@ def build_admission(
 
 
 def register_admission(
-    manager: Any, *, config_namespace: str, disabled: frozenset[str] = frozenset()
-) -> None:
-    """Serve the admission webhooks on ``manager.webhook_server`` and add the pod-gate controller.
+    manager: Any,
+    *,
+    config_namespace: str,
+    disabled: Iterable[str] = frozenset(),
+    server: WebhookServer | None = None,
+) -> list[str]:
+    """Serve the admission webhooks and add the pod-gate controller; returns the enabled component names.
 
     ``config_namespace``: where ``inferenceservice-config`` lives (``POD_NAMESPACE``, default ``kserve``).
     ``disabled``: components to stand down, from ``isvc``, ``pod``, ``validate-cache``,
-    ``validate-namespace-cache``, ``podgate`` (docs/webhooks.md). Call before ``manager.run()``.
-    Raises ValueError for an unknown component name.
+    ``validate-namespace-cache``, ``podgate``, or ``all`` (docs/webhooks.md); comma lists are accepted.
+    ``server``: the webhook server to register on; default ``manager.webhook_server`` (requested only
+    when some webhook is enabled). Adding ``server`` to the manager, if it is not the manager's own, is
+    the caller's job. Call before ``manager.run()``. Raises ValueError for an unknown component name.
     """
     disabled = parse_disabled(disabled)
     recorder = manager.event_recorder(EVENT_COMPONENT) if "podgate" not in disabled else None
     admission = build_admission(
         manager.client, manager.cache, config_namespace=config_namespace, disabled=disabled, recorder=recorder
     )
-    server = manager.webhook_server
-    for path, handler in admission.handlers.items():
-        server.register(path, handler)
+    if admission.handlers:
+        target = server if server is not None else manager.webhook_server
+        for path, handler in admission.handlers.items():
+            target.register(path, handler)
     if admission.podgate is not None:
         manager.add(admission.podgate)
+    enabled = sorted(COMPONENTS - disabled)
     log.info(
         "admission registered",
-        extra={"paths": sorted(admission.handlers), "podgate": admission.podgate is not None,
-               "disabled": sorted(disabled), "config_namespace": config_namespace},
-    )  # fmt: skip
+        extra={"enabled": enabled, "disabled": sorted(disabled), "config_namespace": config_namespace},
+    )
+    return enabled

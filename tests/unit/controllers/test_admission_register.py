@@ -75,3 +75,15 @@ def test_unknown_names_are_rejected_and_flag_lists_are_split() -> None:
     with pytest.raises(ValueError, match=r"unknown admission component\(s\) \['pods'\]"):
         register_admission(FakeManager(), config_namespace="kserve", disabled=frozenset({"pods"}))
     assert parse_disabled(["isvc,pod", " podgate "]) == {"isvc", "pod", "podgate"}
+
+
+def test_all_disables_everything_and_an_explicit_server_is_used() -> None:
+    manager = FakeManager()
+    assert register_admission(manager, config_namespace="kserve", disabled=["all"]) == []
+    assert manager.webhook_server._handlers == {} and manager.added == []
+    other = WebhookServer(host="127.0.0.1", port=0)
+    enabled = register_admission(
+        FakeManager(), config_namespace="kserve", disabled=["podgate,pod"], server=other
+    )
+    assert enabled == ["isvc", "validate-cache", "validate-namespace-cache"]
+    assert sorted(other._handlers) == sorted([PATH_ISVC, PATH_CACHE, PATH_NAMESPACE_CACHE])
