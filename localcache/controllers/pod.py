@@ -353,14 +353,22 @@ class PodMutator:
         if not meta.get("namespace"):
             mutated["metadata"].pop("namespace", None)  # the API server fills it in; keep the patch minimal
         ref = _pod_ref(pod, req.namespace)
+        preassigned = bool((pod.get("spec") or {}).get("nodeName"))
         try:
-            ready = await self.readiness.ready_nodes(pod)
+            if preassigned:
+                ready = ReadyNodes((), "", "", "spec.nodeName is set")
+            else:
+                ready = await self.readiness.ready_nodes(pod)
         except errors.ApiError as exc:
             # Cannot tell: hold the pod and let the gate controller decide once the API answers.
             ready = ReadyNodes((), "", "", f"cache status unreadable: {exc}")
             log.warning("pod admission: cache status unreadable", extra={"pod": ref, "error": str(exc)})
         spec = mutated.setdefault("spec", {})
-        if ready.nodes:
+        if preassigned:
+            # Bound to a node already: the API forbids gates then, and affinity would only make the
+            # kubelet reject it. The mount is rewritten; placement is the creator's.
+            placement = "preassigned"
+        elif ready.nodes:
             narrow_node_affinity(spec, ready.nodes)
             placement = "narrowed"
         elif self.gate:

@@ -339,3 +339,13 @@ async def test_webhook_leaves_unbound_pods_and_generate_name_pods_minimal() -> N
     resp = await PodMutator(readiness).handle(review("CREATE", gen, namespace="ns"))
     assert resp.patched is not None and "namespace" not in resp.patched["metadata"]
     assert has_scheduling_gate(resp.patched)
+
+
+async def test_webhook_leaves_placement_of_a_preassigned_pod_alone() -> None:
+    readiness, client = readiness_with(cache_obj("c", "s3://foo", ["g"]))
+    p = pod("s3://foo", "s3://foo")
+    p["spec"]["nodeName"] = "n7"
+    resp = await PodMutator(readiness).handle(review("CREATE", p))
+    assert resp.patched is not None and model_mount(resp.patched)["name"] == "kserve-pvc-source"
+    assert not has_scheduling_gate(resp.patched) and "affinity" not in resp.patched["spec"]
+    assert client.count("get") == 0
