@@ -283,13 +283,20 @@ class CacheEnv:
         obj = await self.get(res, name, namespace)
         return (obj or {}).get("status") or {}
 
-    async def report(self, node: str, key: str, state: str, message: str | None = None) -> None:
-        """Be the node's agent: set modelStatus[key] on its LocalModelNode (status subresource)."""
+    async def report(
+        self, node: str, key: str, state: str, message: str | None = None, size: int | None = None
+    ) -> None:
+        """Be the node's agent: set modelStatus[key] (and details) on its LocalModelNode's status."""
         lmn = await self.admin.get(LOCAL_MODEL_NODES, node)
         status = lmn.get("status") or {}
         status.setdefault("modelStatus", {})[key] = state
-        if message:
-            status.setdefault("modelStatusDetails", {})[key] = {"status": state, "message": message}
+        if message or size is not None:
+            detail: dict[str, Any] = {"status": state}
+            if message:
+                detail["message"] = message
+            if size is not None:
+                detail["bytes"] = size
+            status.setdefault("modelStatusDetails", {})[key] = detail
         lmn["status"] = status
         await self.admin.update_status(LOCAL_MODEL_NODES, lmn)
 
