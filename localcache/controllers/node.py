@@ -44,6 +44,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
+from prometheus_client import Counter, Gauge
+
 from localcache.api import (
     ClusterStorageContainer,
     ConditionType,
@@ -109,6 +111,17 @@ def _resource(model: Any) -> Resource:
 LOCAL_MODEL_NODES = _resource(LocalModelNode)
 NODE_GROUPS = _resource(LocalModelNodeGroup)
 CLUSTER_STORAGE_CONTAINERS = _resource(ClusterStorageContainer)
+# Agent metrics (default registry, served on --metrics-bind-address). No per-model labels: a node's
+# model count is unbounded, reasons and states are a closed set.
+JOBS_CREATED = Counter("localcache_agent_download_jobs_created_total", "Download Jobs created by the agent.")
+DOWNLOAD_FAILURES = Counter(
+    "localcache_agent_download_failures_total", "Failed download Jobs seen, by reason.", ["reason"]
+)
+GC_DELETED = Counter("localcache_agent_gc_deleted_folders_total", "Unreferenced model folders deleted.")
+MODELS = Gauge("localcache_agent_models", "Models on this node's spec, by status.", ["status"])
+DISK_BYTES = Gauge("localcache_agent_disk_bytes", "The models root's file system.", ["kind"])
+STORAGE_READY_GAUGE = Gauge("localcache_agent_storage_ready", "1 when the pre-flight checks pass.")
+
 #: Condition type added by the agent: the pre-flight outcome, with the disk's capacity in its message.
 STORAGE_READY = "StorageReady"
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
@@ -387,6 +400,7 @@ class NodeAgent:
                 if outcome.active:
                     wake = min(wake, self.options.progress_interval_seconds)
             gc = await self.gc.collect(entries)
+            GC_DELETED.inc(len(gc.deleted))
             if gc.deleted and self.recorder is not None:
                 self.recorder.normal(
                     obj,
@@ -562,6 +576,7 @@ class NodeAgent:
             if failed_at is not None:
                 elapsed = max(0.0, (self.clock.now() - failed_at).total_seconds())
             self._failed_seen[uid] = now - elapsed
+            DOWNLOAD_FAILURES.labels(reason).inc()
             log.warning(
                 "download failed: %s: %s",
                 reason,
@@ -703,6 +718,7 @@ class NodeAgent:
         )
         created = await self.client.create(JOBS, body, namespace)
         self._created[sk] = (created, self.clock.monotonic())
+        JOBS_CREATED.inc()
         name = _job_name(created)
         source = (
             f"cluster storage container {csc.name}" if csc else (credentials.source if credentials else "")
@@ -735,6 +751,8 @@ class NodeAgent:
         total = st.f_blocks * st.f_frsize
         available = st.f_bavail * st.f_frsize
         used = total - st.f_bfree * st.f_frsize
+        for kind, value in (("total", total), ("used", used), ("available", available)):
+            DISK_BYTES.labels(kind).set(value)
         now = self.clock.monotonic()
         last = self._capacity
         if last is None or (
@@ -778,6 +796,9 @@ class NodeAgent:
                 job_name=outcome.job_name,
             )
         values = list(model_status.values())
+        for state in (m for m in ModelStatus if m):
+            MODELS.labels(state.value).set(sum(v == state for v in values))
+        STORAGE_READY_GAUGE.set(1 if pre.ok else 0)
         errors = sum(v == ModelStatus.DOWNLOAD_ERROR for v in values)
         busy = sum(v in (ModelStatus.DOWNLOAD_PENDING, ModelStatus.DOWNLOADING) for v in values)
         done = sum(v == ModelStatus.DOWNLOADED for v in values)

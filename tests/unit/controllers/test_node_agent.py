@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from localcache.api import storage_key
 from localcache.controllers.node import (
@@ -179,9 +180,16 @@ def make_world(tmp_path: Path, *entries: dict[str, Any], host_path: str = HOST_P
     return World(clock, client, cache, agent, tmp_path)
 
 
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
 async def test_creates_one_job_and_never_a_duplicate_while_the_informer_lags(tmp_path: Path) -> None:
     w = make_world(tmp_path, entry("m1"))
+    created_before = sample("localcache_agent_download_jobs_created_total")
     await w.reconcile()
+    assert sample("localcache_agent_download_jobs_created_total") == created_before + 1
+    assert sample("localcache_agent_models", status="ModelDownloadPending") == 1
     assert len(w.jobs()) == 1
     assert w.status("m1") == "ModelDownloadPending"
     # The informer has not seen the Job yet: a reconcile now must not create another.
@@ -301,7 +309,9 @@ async def test_failed_job_reason_in_status_and_retry_with_exponential_backoff(tm
         "localcache-download error: reason=AuthFailed exit_code=10 message=hf://org/model-a: 401 Unauthorized"
     )
     w.set_job_condition(first, "Failed", message=line, reason="BackoffLimitExceeded")
+    failures_before = sample("localcache_agent_download_failures_total", reason="AuthFailed")
     result = await w.reconcile()
+    assert sample("localcache_agent_download_failures_total", reason="AuthFailed") == failures_before + 1
     assert w.status("m1") == "ModelDownloadError" and w.status("m2") == "ModelDownloadError"
     message = w.detail("m1")["message"]
     assert message.startswith("AuthFailed: hf://org/model-a: 401 Unauthorized")
