@@ -480,3 +480,59 @@ async def test_never_two_leaders_under_random_faults(seed: int) -> None:
     finally:
         for c in campaigns:
             await c.stop()
+
+
+class Scripted:
+    """A store proxy whose next update is answered ``answer_delay`` seconds late, after which every
+    call fails (the leader's API connection went bad right after that renewal was applied)."""
+
+    def __init__(self, store: FakeLeases, clock: FakeClock) -> None:
+        self.store, self.clock = store, clock
+        self.answer_delay = 0.0
+        self.broken = False
+
+    async def get(self, resource: Resource, name: str, namespace: str | None = None) -> dict[str, Any]:
+        if self.broken:
+            raise errors.ConnectionFailed("connection reset")
+        return await self.store.get(resource, name, namespace)
+
+    async def create(
+        self, resource: Resource, obj: dict[str, Any], namespace: str | None = None
+    ) -> dict[str, Any]:
+        return await self.store.create(resource, obj, namespace)
+
+    async def update(
+        self, resource: Resource, obj: dict[str, Any], namespace: str | None = None
+    ) -> dict[str, Any]:
+        if self.broken:
+            raise errors.ConnectionFailed("connection reset")
+        result = await self.store.update(resource, obj, namespace)
+        if self.answer_delay:
+            delay, self.answer_delay = self.answer_delay, 0.0
+            self.broken = True
+            await self.clock.sleep(delay)
+        return result
+
+
+@pytest.mark.parametrize("seed", range(6))
+async def test_a_slow_answer_does_not_stretch_leadership(
+    clock: FakeClock, store: FakeLeases, seed: int
+) -> None:
+    """The renewal the standby sees at t=2 is answered at t=11.5: the leader must count its lease from
+    t=2 (client-go counts from the answer, and would still lead when the standby takes over)."""
+    a_api, b_api = Scripted(store, clock), Scripted(store, clock)
+    a = Campaign(LeaderElector(a_api, config("a", name=f"slow{seed}"), clock=clock))
+    await clock.settle()
+    assert a.elector.is_leader
+    b = Campaign(LeaderElector(b_api, config("b", name=f"slow{seed}"), clock=clock, rng=random.Random(seed)))
+    a_api.answer_delay = 9.5
+    try:
+        for _ in range(400):
+            await clock.advance(0.1)
+            assert not (a.elector.is_leader and b.elector.is_leader), (
+                f"both lead at t={clock.monotonic() - 1000:.1f}"
+            )
+        assert b.elector.is_leader and not a.elector.is_leader
+    finally:
+        await a.stop()
+        await b.stop()
