@@ -4,6 +4,7 @@ deletion, scopes that share a name, consumers and serving volumes, many caches a
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -19,6 +20,7 @@ from localcache.controllers import (
 from localcache.controllers import LOCAL_MODEL_NODES as LMN
 from localcache.runtime import Client
 from localcache.runtime.resources import (
+    CONFIGMAPS,
     EVENTS,
     NODES,
     PERSISTENT_VOLUME_CLAIMS,
@@ -386,3 +388,33 @@ async def test_fifty_caches_at_once_lose_no_entry_and_go_quiet(env: CacheEnv) ->
         f"\n50 caches x 3 nodes: {converge_writes} writes over {converge_reconciles} reconciles "
         f"to converge; 0 writes over {forced} forced reconciles; {env.client.breakdown()}"
     )
+
+
+async def test_disable_volume_management_and_turning_it_back_on_without_restart(env: CacheEnv) -> None:
+    await env.start(local_model={"disableVolumeManagement": True})
+    apps = await env.make_namespace("apps")
+    await env.make_node("a1", "a")
+    ga = await env.make_group("ga", "a")
+    name = env.n("m")
+    await env.make_cache(name, [ga])
+    await env.make_isvc("svc", apps, {MODEL: name})
+    download = download_pvc_name(name, None, ga)
+    await eventually(lambda: env.get(PERSISTENT_VOLUME_CLAIMS, download, env.ns), 20, what="download PVC")
+    await eventually(lambda: _status_with(env, name, 1), 20, what="status written")
+    await env.idle()
+    assert await env.get(PERSISTENT_VOLUME_CLAIMS, serving_pvc_name(name, None, ga), apps) is None
+    assert "inferenceServices" not in await env.status(name)
+
+    # the ConfigMap is watched: switching volume management on needs no restart
+    data = {"localModel": json.dumps({"jobNamespace": env.ns, "disableVolumeManagement": False})}
+    await env.admin.patch(CONFIGMAPS, "inferenceservice-config", {"data": data}, env.ns)
+    await eventually(
+        lambda: env.get(PERSISTENT_VOLUME_CLAIMS, serving_pvc_name(name, None, ga), apps),
+        20,
+        what="serving PVC",
+    )
+
+    async def tracked() -> bool:
+        return (await env.status(name)).get("inferenceServices") == [{"namespace": apps, "name": "svc"}]
+
+    await eventually(tracked, 20, what="consumer tracked")
