@@ -138,9 +138,22 @@ def _spawn(args: list[str]) -> tuple[subprocess.Popen[str], str]:
 
 
 class S3Server:
-    def __init__(self, *, port: int = 0, cap: float | None = None) -> None:
+    """`S3Server(bucket="models", uploads={"minilm/": minilm_dir()})` starts with a model in place."""
+
+    def __init__(
+        self,
+        *,
+        port: int = 0,
+        cap: float | None = None,
+        bucket: str | None = None,
+        uploads: dict[str, Path] | None = None,
+        sha256: bool = True,
+    ) -> None:
         self.port = port
         self.cap = cap
+        self.bucket = bucket
+        self.uploads = uploads or {}
+        self.sha256 = sha256
         self._procs: list[subprocess.Popen[str]] = []
         self.direct_url = ""
         self.url = ""
@@ -154,6 +167,10 @@ class S3Server:
         self.url = self.direct_url
         if self.cap:
             self.url = start_capped_proxy(self.direct_url, self.cap, self._procs)
+        if self.bucket:
+            self.create_bucket(self.bucket)
+            for prefix, directory in self.uploads.items():
+                self.upload_dir(self.bucket, prefix, directory, sha256=self.sha256)
 
     def stop(self) -> None:
         for proc in reversed(self._procs):

@@ -378,3 +378,23 @@ async def test_sigterm_keeps_partial_bytes_for_the_next_attempt(web: HttpFileSer
     res = await run_download(f"{web.url}/weights.bin", dest, LOCALCACHE_CONNECTIONS="1")
     assert res.code == 0, res.stderr
     assert web.bytes_sent["weights.bin"] == 6 * MiB + 1 - cut
+
+
+async def test_hub_resolve_headers_match_what_the_client_expects(hub: HfHubServer) -> None:
+    import hashlib
+
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+
+    repo = hub.repos[MINILM_REPO]
+
+    def meta(name: str):  # type: ignore[no-untyped-def]
+        return get_hf_file_metadata(hf_hub_url(MINILM_REPO, name, endpoint=hub.url), token=False)
+
+    lfs = await asyncio.to_thread(meta, "model.safetensors")
+    data = (minilm_dir() / "model.safetensors").read_bytes()
+    assert lfs.etag == hashlib.sha256(data).hexdigest()
+    assert (lfs.commit_hash, lfs.size, lfs.xet_file_data) == (repo.sha, len(data), None)
+    small = await asyncio.to_thread(meta, "config.json")
+    raw = (minilm_dir() / "config.json").read_bytes()
+    blob = hashlib.sha1(b"blob %d\0" % len(raw) + raw).hexdigest()
+    assert small.etag == blob  # git blob id, like the Hub for non-LFS files
