@@ -115,6 +115,7 @@ async def test_failover_and_lost_lease(client: Client, namespace: str) -> None:
         stopped_at = time.monotonic()
         await a.stop()
         await eventually(lambda: b.work.running.is_set(), "standby takeover", LEASE + JITTERED_RETRY + 2)
+        print(f"failover after stop: {time.monotonic() - stopped_at:.2f}s (lease {LEASE}s)")
         assert time.monotonic() - stopped_at <= LEASE + JITTERED_RETRY + 2
         lease = await client.get(LEASES, "failover-test", namespace)
         assert lease["spec"]["holderIdentity"] == "replica-b" and lease["spec"]["leaseTransitions"] == 1
@@ -128,6 +129,7 @@ async def test_failover_and_lost_lease(client: Client, namespace: str) -> None:
         with pytest.raises(LeaderElectionLost):
             await asyncio.wait_for(asyncio.shield(b.task), RENEW + RETRY + 5)
         lost_after = time.monotonic() - stolen_at
+        print(f"leader stepped down {lost_after:.2f}s after the lease was taken (renew deadline {RENEW}s)")
         assert lost_after <= RENEW + RETRY + 1.0
         assert b.work.stopped.is_set() and not b.work.running.is_set()
         assert not b.manager.is_leader
@@ -137,6 +139,7 @@ async def test_failover_and_lost_lease(client: Client, namespace: str) -> None:
         await eventually(
             lambda: c.work.running.is_set(), "takeover from intruder", LEASE + 2 * JITTERED_RETRY + 2
         )
+        print(f"takeover from the intruder: {time.monotonic() - lost_at:.2f}s after the loss")
         assert time.monotonic() - lost_at <= LEASE + 2 * JITTERED_RETRY + 2
         lease = await client.get(LEASES, "failover-test", namespace)
         assert lease["spec"]["holderIdentity"] == "replica-c" and lease["spec"]["leaseTransitions"] == 2
@@ -161,6 +164,7 @@ async def test_release_on_cancel_hands_over_within_a_retry(client: Client, names
         await eventually(
             lambda: b is not None and b.work.running.is_set(), "takeover after release", JITTERED_RETRY + 2
         )
+        print(f"takeover after a released lease: {time.monotonic() - stopped_at:.2f}s")
         assert time.monotonic() - stopped_at < LEASE, "a released lease is taken before it would expire"
     finally:
         await a.stop()
