@@ -132,6 +132,7 @@ class AdmissionHarness:
         timeout_seconds: int | None = None,
         cert_dir: Path | None = None,
         config_client: Any | None = None,
+        cert_poll_interval: float = 10.0,
     ) -> None:
         self.client = client
         #: registers the webhook configurations; the manager's own identity need not be allowed to
@@ -147,8 +148,11 @@ class AdmissionHarness:
         if cert_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="localcache-webhook-")
             cert_dir = Path(self._tmp.name)
+        self.cert_dir = cert_dir
         self.ca.serving(["127.0.0.1"]).write(cert_dir, "tls")
-        self.server = WebhookServer(host="127.0.0.1", port=0, cert_dir=cert_dir)
+        self.server = WebhookServer(
+            host="127.0.0.1", port=0, cert_dir=cert_dir, cert_poll_interval=cert_poll_interval
+        )
         options = ManagerOptions(
             metrics_bind_address="0",
             health_probe_bind_address="0",
@@ -161,6 +165,16 @@ class AdmissionHarness:
         register_admission(self.manager, config_namespace=config_namespace, disabled=self.disabled)
         self.configurations: list[dict[str, Any]] = []
         self._run: asyncio.Task[None] | None = None
+
+    def rotate_certificate(self) -> None:
+        """Write a new serving pair from the same CA, as cert-manager renews a Secret (key, then cert)."""
+        pair = self.ca.serving(["127.0.0.1"])
+        key, cert = self.cert_dir / "tls.key", self.cert_dir / "tls.crt"
+        for path, data in ((key, pair.key_pem), (cert, pair.cert_pem)):
+            tmp = path.with_suffix(".tmp")
+            tmp.write_bytes(data)
+            tmp.chmod(0o600)
+            tmp.replace(path)
 
     @property
     def paths(self) -> list[str]:

@@ -102,6 +102,13 @@ async def node_group(admin: Client) -> AsyncIterator[str]:
         await admin.delete(LOCAL_MODEL_NODE_GROUPS, group["metadata"]["name"], missing_ok=True)
 
 
+async def delete_inference_services(client: Client, namespace: str) -> None:
+    """Every InferenceService in ``namespace``, now: namespace deletion is asynchronous, and a cache
+    cannot be deleted while one of them is bound to it."""
+    for item in (await client.list(INFERENCE_SERVICES, namespace))["items"]:
+        await client.delete(INFERENCE_SERVICES, item["metadata"]["name"], namespace, missing_ok=True)
+
+
 def cluster_cache(name: str, uri: str, groups: list[str]) -> Obj:
     return {
         "apiVersion": "serving.kserve.io/v1alpha1",
@@ -173,6 +180,7 @@ __all__ = [
     "ISOLATED",
     "LOCAL_MODEL_NAMESPACE_CACHES",
     "cluster_cache",
+    "delete_inference_services",
     "eventually",
     "inference_service",
     "make_namespace",

@@ -30,6 +30,7 @@ from localcache.testing.webhooks import (
 from tests.integration.webhooks.conftest import (
     ISOLATED,
     cluster_cache,
+    delete_inference_services,
     inference_service,
     make_namespace,
     suffix,
@@ -93,8 +94,7 @@ async def test_a_stopped_webhook_follows_the_failure_policy(
             assert "annotations" not in after["metadata"]
     finally:
         await harness.close()
-        for item in (await admin.list(INFERENCE_SERVICES, ns))["items"]:
-            await admin.delete(INFERENCE_SERVICES, item["metadata"]["name"], ns, missing_ok=True)
+        await delete_inference_services(admin, ns)
         await admin.delete(LOCAL_MODEL_CACHES, cache, missing_ok=True)
 
 

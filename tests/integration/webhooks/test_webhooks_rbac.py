@@ -21,6 +21,7 @@ from localcache.testing.webhooks import AdmissionHarness, until_admitted
 from tests.integration.webhooks.conftest import (
     ISOLATED,
     cluster_cache,
+    delete_inference_services,
     eventually,
     inference_service,
     make_namespace,
@@ -116,5 +117,6 @@ async def test_the_shipped_rbac_is_enough_for_admission(
         await eventually(released, "pod released by the gate controller running with the shipped RBAC")
     finally:
         await harness.close()
+        await delete_inference_services(admin, ns)
         await admin.delete(NAMESPACES, ns, missing_ok=True)
         await admin.delete(LOCAL_MODEL_CACHES, cache, missing_ok=True)
