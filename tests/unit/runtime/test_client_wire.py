@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from kubernetes_asyncio import client as k8s
+from prometheus_client import REGISTRY
 
 from localcache.runtime import Client, Resource, errors
 from localcache.runtime.resources import CONFIGMAPS, NODES
@@ -65,9 +66,17 @@ async def server() -> AsyncIterator[tuple[Recorder, Client]]:
     await runner.cleanup()
 
 
+def rest_requests(c: Client, code: str, method: str) -> float:
+    host = c.host.split("://", 1)[1]
+    labels = {"code": code, "method": method, "host": host}
+    return REGISTRY.get_sample_value("rest_client_requests_total", labels) or 0.0
+
+
 async def test_paths_params_and_auth(server: tuple[Recorder, Client]) -> None:
     rec, c = server
+    before = rest_requests(c, "200", "GET")
     await c.get(CONFIGMAPS, "a", "ns1")
+    assert rest_requests(c, "200", "GET") == before + 1
     await c.get(NODES, "n1")
     await c.list(WIDGETS, None, label_selector="x=y", resource_version="0", limit=500, continue_="tok2")
     r = rec.requests

@@ -32,8 +32,8 @@ def uniq(base: str) -> str:
     return f"{base}-{next(_n)}"
 
 
-def metric(name: str, **labels: str) -> float:
-    return REGISTRY.get_sample_value(name, labels) or 0.0
+def metric(metric_name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(metric_name, labels) or 0.0
 
 
 async def eventually(
@@ -329,3 +329,23 @@ def test_builder_validation() -> None:
     Builder(None, cache, name=n).for_(CONFIGMAPS).build(lambda r: None)
     with pytest.raises(BuilderError, match="already used"):
         Builder(None, cache, name=n).for_(CONFIGMAPS).build(lambda r: None)
+
+
+async def test_workqueue_metrics_follow_the_queue(rig: Rig) -> None:
+    for i in range(3):
+        rig.src.add(cm(f"m{i}"))
+    done: list[str] = []
+
+    async def reconcile(req: Request) -> None:
+        done.append(req.name)
+
+    c = rig.controller(reconcile)
+    rig.run(c)
+    await eventually(lambda: len(done) == 3, rig.clock)
+    labels = {"name": c.name, "controller": c.name}
+    assert metric("workqueue_adds_total", **labels) == 3
+    assert metric("workqueue_depth", **labels, priority=str(LOW_PRIORITY)) == 0
+    assert metric("workqueue_work_duration_seconds_count", **labels) == 3
+    assert metric("workqueue_queue_duration_seconds_count", **labels) == 3
+    assert metric("controller_runtime_reconcile_time_seconds_count", controller=c.name) == 3
+    assert metric("controller_runtime_active_workers", controller=c.name) == 0

@@ -1,4 +1,4 @@
-"""Hypothesis stateful test: the workqueue against a simple reference model of client-go's semantics."""
+"""Hypothesis stateful test: the workqueue (dedup, priorities, delays) against a simple reference model."""
 
 from __future__ import annotations
 
@@ -23,6 +23,30 @@ class Model:
         self.dirty: dict[str, int] = {}
         self.processing: set[str] = set()
         self.shutting_down = False
+        self.now = 0.0
+        self.waiting: dict[str, tuple[float, int, int]] = {}  # item -> (ready, prio, seq)
+        self.seq = 0
+
+    def add_after(self, x: str, d: float, p: int) -> None:
+        if self.shutting_down:
+            return
+        if d <= 0:
+            self.add(x, p)
+            return
+        ready = self.now + d
+        cur = self.waiting.get(x)
+        if cur is not None and cur[0] <= ready:
+            self.waiting[x] = (cur[0], max(cur[1], p), cur[2])
+            return
+        self.seq += 1
+        self.waiting[x] = (ready, max(p, cur[1]) if cur else p, self.seq)
+
+    def advance(self, dt: float) -> None:
+        self.now += dt
+        due = sorted((r, seq, x, p) for x, (r, p, seq) in self.waiting.items() if r <= self.now)
+        for _, _, x, p in due:
+            del self.waiting[x]
+            self.add(x, p)
 
     def add(self, x: str, p: int) -> None:
         if self.shutting_down:
@@ -74,6 +98,11 @@ class QueueMachine(RuleBasedStateMachine):
         self.loop.run_until_complete(asyncio.sleep(0))
         self.loop.close()
 
+    @invariant()
+    def same_waiting(self) -> None:
+        if not self.m.shutting_down:
+            assert self.q.waiting == len(self.m.waiting)
+
     @rule(x=ITEMS, p=PRIOS)
     def add(self, x: str, p: int) -> None:
         self.q.add(x, p)
@@ -97,10 +126,24 @@ class QueueMachine(RuleBasedStateMachine):
         self.q.done(x)
         self.m.done(x)
 
+    @rule(x=ITEMS, d=st.sampled_from([0, 1, 2, 5]), p=PRIOS)
+    def add_after(self, x: str, d: float, p: int) -> None:
+        async def go() -> None:
+            self.q.add_after(x, d, p)
+
+        self.loop.run_until_complete(go())
+        self.m.add_after(x, d, p)
+
+    @rule(dt=st.sampled_from([0.5, 1, 3]))
+    def advance(self, dt: float) -> None:
+        self.loop.run_until_complete(self.clock.advance(dt))
+        self.m.advance(dt)
+
     @rule()
     def shutdown(self) -> None:
         self.q.shutdown()
         self.m.shutting_down = True
+        self.m.waiting.clear()
 
     @invariant()
     def same_state(self) -> None:
