@@ -85,9 +85,13 @@ from localcache.controllers import (
 )
 from localcache.controllers.membership import group_terms, is_node_ready, match_node_selector_terms
 from localcache.controllers.nodegroup import (
+    INDEX_GROUPS,
     Fit,
+    cache_groups,
     cache_identity,
     cache_order,
+    caches_on_group,
+    declare_cache_informers,
     format_bytes,
     plan_group_storage,
 )
@@ -142,7 +146,6 @@ CONDITION_INSUFFICIENT_STORAGE = "InsufficientStorage"
 INDEX_ENTRIES = "localcache.entries"  # LocalModelNode -> status keys of its entries
 INDEX_VOLUME_OWNER = "localcache.volume-owner"  # PV/PVC -> status key of the cache that made it
 INDEX_CONSUMER = "localcache.consumer"  # InferenceService -> status key of the cache it uses
-INDEX_GROUPS = "localcache.node-groups"  # cache -> its node groups
 
 DEFAULT_RESYNC_PERIOD = 600.0
 WAIT_REQUEUE = 2.0  # while a volume we need is terminating
@@ -654,14 +657,9 @@ def _entry_keys(lmn: Obj) -> list[str]:
     return sorted({_entry_key(e) for e in (lmn.get("spec") or {}).get("localModels") or []})
 
 
-def _cache_groups(cache: Obj) -> list[str]:
-    return list((cache.get("spec") or {}).get("nodeGroups") or [])
-
-
 def declare_informers(cache: Any, track_consumers: bool) -> None:
     """Every informer the cache reconcilers read, with their indexes (idempotent)."""
-    for res in (LOCAL_MODEL_CACHES, LOCAL_MODEL_NAMESPACE_CACHES):
-        cache.informer_for(res, indexers={INDEX_GROUPS: _cache_groups})
+    declare_cache_informers(cache)
     cache.informer_for(LOCAL_MODEL_NODE_GROUPS)
     cache.informer_for(NODES)
     cache.informer_for(LOCAL_MODEL_NODES, indexers={INDEX_ENTRIES: _entry_keys})
@@ -871,19 +869,16 @@ class CacheReconciler:
             return {"kind": self.scope.kind, "cache": obj.key}
         return {"kind": self.scope.kind, "cache": status_key(_name(obj), _ns(obj) or None)}
 
-    def all_caches(self) -> list[Obj]:
-        return self.cache.list(LOCAL_MODEL_CACHES) + self.cache.list(LOCAL_MODEL_NAMESPACE_CACHES)
-
     def storage_fits(self, cache_obj: Obj, groups: Mapping[str, Obj | None]) -> dict[str, Fit]:
         ident = cache_identity(cache_obj)
-        everyone: list[Obj] | None = None
         fits: dict[str, Fit] = {}
         for g, group in groups.items():
             if group is None:
                 continue
-            if everyone is None:
-                everyone = [c for c in self.all_caches() if cache_identity(c) != ident] + [cache_obj]
-            fit = plan_group_storage(group, everyone).get(ident)
+            sharing = caches_on_group(self.cache, g)
+            fit = plan_group_storage(
+                group, [c for c in sharing if cache_identity(c) != ident] + [cache_obj]
+            ).get(ident)
             if fit is not None:
                 fits[g] = fit
         return fits
@@ -910,7 +905,7 @@ class CacheReconciler:
             obj = await self._add_finalizer(obj)
 
         groups: dict[str, Obj | None] = {
-            g: self.cache.get_cached(LOCAL_MODEL_NODE_GROUPS, g) for g in _cache_groups(obj)
+            g: self.cache.get_cached(LOCAL_MODEL_NODE_GROUPS, g) for g in cache_groups(obj)
         }
         fits = self.storage_fits(obj, groups)
         placement = compute_placement(obj, groups, self.cache.list(NODES), fits)
@@ -1095,7 +1090,7 @@ class CacheReconciler:
         pv_names = {_name(v) for v in pvs if not _deleting(v)}
         if obj is not None and job_ns is not None:
             # volumes made before we labelled them (e.g. by KServe) are found by their names
-            groups = {g: self.cache.get_cached(LOCAL_MODEL_NODE_GROUPS, g) or {} for g in _cache_groups(obj)}
+            groups = {g: self.cache.get_cached(LOCAL_MODEL_NODE_GROUPS, g) or {} for g in cache_groups(obj)}
             pairs = {
                 (ref.get("namespace") or "", g)
                 for ref in (obj.get("status") or {}).get("inferenceServices") or []
@@ -1159,7 +1154,7 @@ class CacheReconciler:
         me = cache_identity(changed)
         order = cache_order(changed)
         keys: set[str] = set()
-        for g in _cache_groups(changed):
+        for g in cache_groups(changed):
             for c in self.cache.by_index(self.scope.resource, INDEX_GROUPS, g):
                 if cache_identity(c) == me:
                     continue

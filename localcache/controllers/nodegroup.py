@@ -45,10 +45,14 @@ from localcache.runtime.resources import NODES
 
 __all__ = [
     "DEFAULT_RESYNC_PERIOD",
+    "INDEX_GROUPS",
     "Fit",
     "NodeGroupReconciler",
+    "cache_groups",
     "cache_identity",
     "cache_order",
+    "caches_on_group",
+    "declare_cache_informers",
     "format_bytes",
     "group_status",
     "node_usage",
@@ -61,6 +65,27 @@ log = logging.getLogger(__name__)
 Obj = dict[str, Any]
 DEFAULT_RESYNC_PERIOD = 600.0
 _BINARY_SUFFIXES = (("Ei", 2**60), ("Pi", 2**50), ("Ti", 2**40), ("Gi", 2**30), ("Mi", 2**20), ("Ki", 2**10))
+
+
+INDEX_GROUPS = "localcache.node-groups"  # cache -> the node groups it lists
+
+
+def cache_groups(cache: Mapping[str, Any]) -> list[str]:
+    """``spec.nodeGroups`` of a cache (the index function of :data:`INDEX_GROUPS`)."""
+    return list((cache.get("spec") or {}).get("nodeGroups") or [])
+
+
+def declare_cache_informers(cache: Any) -> None:
+    """Both cache kinds' informers, indexed by node group (idempotent; shared with the cache controllers)."""
+    for res in (LOCAL_MODEL_CACHES, LOCAL_MODEL_NAMESPACE_CACHES):
+        cache.informer_for(res, indexers={INDEX_GROUPS: cache_groups})
+
+
+def caches_on_group(cache: Any, group: str) -> list[Obj]:
+    """Every cache (both scopes) listing ``group``, from the informer index."""
+    return cache.by_index(LOCAL_MODEL_CACHES, INDEX_GROUPS, group) + cache.by_index(
+        LOCAL_MODEL_NAMESPACE_CACHES, INDEX_GROUPS, group
+    )
 
 
 # ---- pure planning ---------------------------------------------------------------------------------
@@ -243,23 +268,20 @@ class NodeGroupReconciler:
         self.cache = cache
         self.resync_period = resync_period
         self._rng = random.Random()
-        for res in (LOCAL_MODEL_NODE_GROUPS, LOCAL_MODEL_CACHES, LOCAL_MODEL_NAMESPACE_CACHES):
-            cache.informer_for(res)
+        cache.informer_for(LOCAL_MODEL_NODE_GROUPS)
+        declare_cache_informers(cache)
         cache.informer_for(LOCAL_MODEL_NODES)
         cache.informer_for(NODES)
 
     def _resync(self) -> Result:
         return Result(requeue_after=self.resync_period * (0.9 + 0.2 * self._rng.random()))
 
-    def all_caches(self) -> list[Obj]:
-        return self.cache.list(LOCAL_MODEL_CACHES) + self.cache.list(LOCAL_MODEL_NAMESPACE_CACHES)
-
     async def reconcile(self, request: Request) -> Result | None:
         group = self.cache.get_cached(LOCAL_MODEL_NODE_GROUPS, request.name)
         if group is None or (group.get("metadata") or {}).get("deletionTimestamp"):
             return None
         lmns = {o["metadata"]["name"]: o for o in self.cache.list(LOCAL_MODEL_NODES)}
-        desired = group_status(group, self.all_caches(), self.cache.list(NODES), lmns)
+        desired = group_status(group, caches_on_group(self.cache, request.name), self.cache.list(NODES), lmns)
         if _same_quantities(group.get("status"), desired):
             return self._resync()
         meta = group["metadata"]
