@@ -87,3 +87,12 @@ async def test_crud_errors_watch_and_discovery(cluster, namespace: str) -> None:
         assert (res.plural, res.namespaced) == ("deployments", True)
         with pytest.raises(errors.NotFound):
             await c.resource_for("v1", "NoSuchKind")
+
+
+async def test_config_from_kubeconfig_env(cluster, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("KUBECONFIG", f"{cluster.kubeconfig}:/nonexistent/second")
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    async with await Client.from_config() as c:
+        ns = await c.get(NAMESPACES, "default")
+        assert ns["metadata"]["name"] == "default"
+        assert c.host.startswith("https://")
