@@ -167,8 +167,14 @@ async def e2e(cluster: TestCluster) -> AsyncIterator[E2E]:
     assert cluster.plane is not None
     system = LocalSystem(
         plane=cluster.plane,
-        # Retries and folder GC in seconds rather than the production minutes, so recovery is observable.
-        agent_args=["--retry-backoff-base=2", "--retry-backoff-max=10", "--gc-grace-period=5"],
+        # Retries and folder GC in seconds rather than the production minutes, and a failed pod fails its
+        # Job at once (no pod-level backoff of 10 s, 20 s, ...), so recovery is observable quickly.
+        agent_args=[
+            "--retry-backoff-base=2",
+            "--retry-backoff-max=10",
+            "--gc-grace-period=5",
+            "--job-backoff-limit=0",
+        ],
     )
     try:
         await system.start()

@@ -558,6 +558,32 @@ class LocalSystem:
         self.agents[node] = process
         return process
 
+    async def add_node(
+        self, spec: NodeSpec, *, owner: tuple[int, int] | None = (1000, 1000), agent: bool = True
+    ) -> SimNode:
+        """Add a simulated node after start (with its agent, ready); ``owner=None`` leaves its host
+        directory owned by root, as a node set up without the guide's ``chown``."""
+        assert self.sim is not None
+        self.node_specs[spec.name] = spec
+        node = await self.sim.add_node(spec.name, spec.labels, host_paths=[spec.mount_host_path], owner=owner)
+        if agent and spec.agent:
+            process = self.start_agent(spec.name)
+            await self._wait_ready(process, process.health_port)  # type: ignore[attr-defined]
+        return node
+
+    async def remove_node(self, name: str) -> None:
+        assert self.sim is not None
+        await asyncio.to_thread(self.stop_agent, name)
+        await self.sim.delete_node(name)
+        self.node_specs.pop(name, None)
+
+    async def restart_agent(self, node: str, *, host_path: str | None = None) -> ManagedProcess:
+        """Restart an agent (an admin's ``kubectl rollout restart`` after fixing its node)."""
+        await asyncio.to_thread(self.stop_agent, node)
+        process = self.start_agent(node, host_path=host_path)
+        await self._wait_ready(process, process.health_port)  # type: ignore[attr-defined]
+        return process
+
     def stop_agent(self, node: str) -> None:
         process = self.agents.pop(node, None)
         if process is not None:
