@@ -699,7 +699,8 @@ class EntryWriter:
         self.cache = cache
         self._pending: dict[str, list[_Pending]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
-        self._written: dict[str, tuple[str, Obj]] = {}  # node -> (rv we patched from, what we got back)
+        # node -> (versions known to be older than our last write, what that write returned)
+        self._written: dict[str, tuple[set[str], Obj]] = {}
 
     async def set(self, node: str, identity: tuple[str, str], want: Obj | None) -> str | None:
         """Set (``want``) or remove (None) one entry; "added"/"updated"/"removed", or None if unchanged."""
@@ -728,10 +729,10 @@ class EntryWriter:
         cached = self.cache.get_cached(LOCAL_MODEL_NODES, node)
         written = self._written.get(node)
         if written is not None:
-            base_rv, result = written
-            if cached is None or _meta(cached).get("resourceVersion") == base_rv:
+            older, result = written
+            if cached is None or _meta(cached).get("resourceVersion") in older:
                 return result  # the informer has not caught up with our write yet
-            self._written.pop(node, None)
+            self._written.pop(node, None)  # caught up, or someone wrote after us: the informer knows
         return cached
 
     def _node_owner(self, node: str) -> Obj | None:
@@ -741,7 +742,6 @@ class EntryWriter:
         return {"apiVersion": "v1", "kind": "Node", "name": node, "uid": _meta(n)["uid"]}
 
     async def _fresh(self, node: str) -> Obj | None:
-        self._written.pop(node, None)
         try:
             obj: Obj = await self.client.get(LOCAL_MODEL_NODES, node)
             return obj
@@ -764,7 +764,10 @@ class EntryWriter:
 
     async def _write(self, node: str, batch: list[_Pending]) -> list[str | None]:
         lmn = self._latest(node)
+        older: set[str] = set(self._written[node][0]) if node in self._written else set()
         for _ in range(MAX_WRITE_ATTEMPTS):
+            if lmn is not None and _meta(lmn).get("resourceVersion"):
+                older.add(str(_meta(lmn)["resourceVersion"]))
             if lmn is None:
                 adds = [p for p in batch if p.want is not None]
                 owner = self._node_owner(node)
@@ -782,7 +785,7 @@ class EntryWriter:
                 except errors.AlreadyExists:
                     lmn = await self._fresh(node)
                     continue
-                self._written[node] = ("", created)
+                self._written[node] = (older, created)
                 log.info("local model node created", extra={"node": node, "entries": str(len(models))})
                 return outcomes
             if _deleting(lmn):
@@ -810,7 +813,7 @@ class EntryWriter:
                 self._written.pop(node, None)
                 lmn = None
                 continue
-            self._written[node] = (str(meta.get("resourceVersion") or ""), result)
+            self._written[node] = (older, result)
             log.info(
                 "local model node entries written",
                 extra={
@@ -1082,9 +1085,17 @@ class CacheReconciler:
         """Remove every trace of the cache: entries on every LocalModelNode, then PVCs, then PVs."""
         identity = (name, namespace)
         key = status_key(name, namespace or None)
-        for lmn in self.cache.by_index(LOCAL_MODEL_NODES, INDEX_ENTRIES, key):
-            if await self.writer.set(_name(lmn), identity, None) == "removed" and obj is not None:
-                self._event(obj, "Normal", "NodeRemoved", f"model removed from node {_name(lmn)}")
+        holders = {_name(lmn) for lmn in self.cache.by_index(LOCAL_MODEL_NODES, INDEX_ENTRIES, key)}
+        if obj is not None:
+            # Before the finalizer goes, ask the API server itself: an entry written a moment ago may
+            # not be in the informer yet, and would otherwise be left behind for good.
+            items, _ = await self.client.list_all(LOCAL_MODEL_NODES)
+            holders |= {_name(lmn) for lmn in items if key in _entry_keys(lmn)}
+        nodes = sorted(holders)
+        outcomes = await asyncio.gather(*(self.writer.set(n, identity, None) for n in nodes))
+        removed = [n for n, o in zip(nodes, outcomes, strict=True) if o == "removed"]
+        if removed and obj is not None:
+            self._event(obj, "Normal", "NodeRemoved", f"model removed from nodes {_some(removed)}")
         pvs, pvcs = self._ours(key)
         pvc_keys = {(_ns(c), _name(c)) for c in pvcs if not _deleting(c)}
         pv_names = {_name(v) for v in pvs if not _deleting(v)}

@@ -1,0 +1,158 @@
+"""The LocalModelNode entry writer: optimistic concurrency (409 → re-read → re-apply), batching of
+concurrent changes into one write, create-or-adopt, and no write when nothing changes."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from typing import Any
+
+from localcache.controllers.cache import EntryWriter
+from localcache.runtime import errors
+
+
+class FakeCache:
+    """The informer cache as the writer sees it: possibly stale copies."""
+
+    def __init__(self) -> None:
+        self.lmns: dict[str, dict[str, Any]] = {}
+        self.nodes = {"n1": {"metadata": {"name": "n1", "uid": "uid-n1"}}}
+
+    def get_cached(self, resource: Any, name: str, namespace: str | None = None) -> dict[str, Any] | None:
+        src = self.nodes if resource.kind == "Node" else self.lmns
+        obj = src.get(name)
+        return copy.deepcopy(obj) if obj is not None else None
+
+
+class FakeApi:
+    """An API server for one kind: resourceVersion checks on merge patches, counted writes."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, dict[str, Any]] = {}
+        self.rv = 10
+        self.writes: list[str] = []
+        self.gate: asyncio.Event | None = None
+
+    def _bump(self, obj: dict[str, Any]) -> dict[str, Any]:
+        self.rv += 1
+        obj["metadata"]["resourceVersion"] = str(self.rv)
+        return copy.deepcopy(obj)
+
+    async def get(self, resource: Any, name: str, namespace: str | None = None) -> dict[str, Any]:
+        if name not in self.objects:
+            raise errors.NotFound(name)
+        return copy.deepcopy(self.objects[name])
+
+    async def create(
+        self, resource: Any, body: dict[str, Any], namespace: str | None = None
+    ) -> dict[str, Any]:
+        self.writes.append("create")
+        name = body["metadata"]["name"]
+        if name in self.objects:
+            raise errors.AlreadyExists(name)
+        self.objects[name] = copy.deepcopy(body)
+        return self._bump(self.objects[name])
+
+    async def patch(
+        self, resource: Any, name: str, patch: dict[str, Any], namespace: str | None = None
+    ) -> dict[str, Any]:
+        self.writes.append("patch")
+        if self.gate is not None:
+            await self.gate.wait()
+        obj = self.objects[name]
+        if patch["metadata"].get("resourceVersion") != obj["metadata"]["resourceVersion"]:
+            raise errors.Conflict(f"{name} was modified")
+        if "ownerReferences" in patch["metadata"]:
+            obj["metadata"]["ownerReferences"] = patch["metadata"]["ownerReferences"]
+        obj["spec"] = copy.deepcopy(patch["spec"])
+        return self._bump(obj)
+
+    def someone_else_adds(self, name: str, entry: dict[str, Any]) -> None:
+        self.objects[name]["spec"]["localModels"].append(entry)
+        self._bump(self.objects[name])
+
+
+def entry(model: str, namespace: str = "") -> dict[str, Any]:
+    e = {"sourceModelUri": f"hf://o/{model}", "modelName": model, "nodeGroup": "g"}
+    if namespace:
+        e["namespace"] = namespace
+    return e
+
+
+def models(api: FakeApi) -> list[tuple[str, str]]:
+    return sorted((e["modelName"], e.get("namespace", "")) for e in api.objects["n1"]["spec"]["localModels"])
+
+
+async def test_create_with_node_owner_then_no_write_when_unchanged() -> None:
+    api, cache = FakeApi(), FakeCache()
+    writer = EntryWriter(api, cache)
+    assert await writer.set("n1", ("a", ""), entry("a")) == "added"
+    assert api.objects["n1"]["metadata"]["ownerReferences"] == [
+        {"apiVersion": "v1", "kind": "Node", "name": "n1", "uid": "uid-n1"}
+    ]
+    cache.lmns["n1"] = copy.deepcopy(api.objects["n1"])
+    assert await writer.set("n1", ("a", ""), entry("a")) is None
+    assert api.writes == ["create"]
+    assert await writer.set("gone-node", ("a", ""), entry("a")) is None, (
+        "no LocalModelNode for a missing Node"
+    )
+
+
+async def test_conflict_rereads_and_keeps_the_other_writers_entry() -> None:
+    api, cache = FakeApi(), FakeCache()
+    writer = EntryWriter(api, cache)
+    await writer.set("n1", ("a", ""), entry("a"))
+    cache.lmns["n1"] = copy.deepcopy(api.objects["n1"])  # the informer caught up...
+    api.someone_else_adds("n1", entry("x", "team"))  # ...and then another writer moved on
+    assert await writer.set("n1", ("b", ""), entry("b")) == "added"
+    assert models(api) == [("a", ""), ("b", ""), ("x", "team")]
+    assert api.writes == ["create", "patch", "patch"]  # one 409, one good patch
+    assert await writer.set("n1", ("x", "team"), None) == "removed"
+    assert models(api) == [("a", ""), ("b", "")]
+
+
+async def test_stale_informer_after_our_own_write_does_not_conflict() -> None:
+    api, cache = FakeApi(), FakeCache()
+    writer = EntryWriter(api, cache)
+    await writer.set("n1", ("a", ""), entry("a"))
+    cache.lmns["n1"] = copy.deepcopy(api.objects["n1"])
+    await writer.set("n1", ("b", ""), entry("b"))
+    # the informer still shows the version before our patch: the writer uses what the patch returned
+    await writer.set("n1", ("c", ""), entry("c"))
+    assert api.writes == ["create", "patch", "patch"]
+    assert models(api) == [("a", ""), ("b", ""), ("c", "")]
+
+
+async def test_concurrent_changes_to_one_node_are_batched() -> None:
+    api, cache = FakeApi(), FakeCache()
+    writer = EntryWriter(api, cache)
+    await writer.set("n1", ("first", ""), entry("first"))
+    cache.lmns["n1"] = copy.deepcopy(api.objects["n1"])
+    api.gate = asyncio.Event()
+    first = asyncio.create_task(writer.set("n1", ("m0", ""), entry("m0")))
+    await asyncio.sleep(0)  # m0's patch is in flight, held at the gate
+    rest = [asyncio.create_task(writer.set("n1", (f"m{i}", ""), entry(f"m{i}"))) for i in range(1, 20)]
+    await asyncio.sleep(0)
+    api.gate.set()
+    outcomes = await asyncio.gather(first, *rest)
+    assert outcomes == ["added"] * 20
+    assert len(models(api)) == 21
+    assert api.writes.count("patch") == 2, api.writes  # m0 alone, then m1..m19 in one patch
+
+
+async def test_errors_reach_every_waiter() -> None:
+    api, cache = FakeApi(), FakeCache()
+    writer = EntryWriter(api, cache)
+    await writer.set("n1", ("a", ""), entry("a"))
+    cache.lmns["n1"] = copy.deepcopy(api.objects["n1"])
+
+    async def broken(*_: Any, **__: Any) -> dict[str, Any]:
+        raise errors.Forbidden("no RBAC")
+
+    api.patch = broken  # type: ignore[method-assign]
+    results = await asyncio.gather(
+        writer.set("n1", ("b", ""), entry("b")),
+        writer.set("n1", ("c", ""), entry("c")),
+        return_exceptions=True,
+    )
+    assert all(isinstance(r, errors.Forbidden) for r in results)
