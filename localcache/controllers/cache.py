@@ -681,6 +681,7 @@ class _Pending:
     identity: tuple[str, str]
     want: Obj | None
     future: asyncio.Future[str | None]
+    fresh: bool = False
 
 
 class EntryWriter:
@@ -702,10 +703,16 @@ class EntryWriter:
         # node -> (versions known to be older than our last write, what that write returned)
         self._written: dict[str, tuple[set[str], Obj]] = {}
 
-    async def set(self, node: str, identity: tuple[str, str], want: Obj | None) -> str | None:
-        """Set (``want``) or remove (None) one entry; "added"/"updated"/"removed", or None if unchanged."""
+    async def set(
+        self, node: str, identity: tuple[str, str], want: Obj | None, *, fresh: bool = False
+    ) -> str | None:
+        """Set (``want``) or remove (None) one entry; "added"/"updated"/"removed", or None if unchanged.
+
+        ``fresh`` reads the object from the API server instead of the informer first (deletion: a
+        decision "nothing to remove" must not rest on a stale copy).
+        """
         fut: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
-        self._pending.setdefault(node, []).append(_Pending(identity, want, fut))
+        self._pending.setdefault(node, []).append(_Pending(identity, want, fut, fresh))
         lock = self._locks.setdefault(node, asyncio.Lock())
         async with lock:
             if not fut.done():
@@ -763,7 +770,7 @@ class EntryWriter:
         return models, outcomes
 
     async def _write(self, node: str, batch: list[_Pending]) -> list[str | None]:
-        lmn = self._latest(node)
+        lmn = await self._fresh(node) if any(p.fresh for p in batch) else self._latest(node)
         older: set[str] = set(self._written[node][0]) if node in self._written else set()
         for _ in range(MAX_WRITE_ATTEMPTS):
             if lmn is not None and _meta(lmn).get("resourceVersion"):
@@ -1092,7 +1099,8 @@ class CacheReconciler:
             items, _ = await self.client.list_all(LOCAL_MODEL_NODES)
             holders |= {_name(lmn) for lmn in items if key in _entry_keys(lmn)}
         nodes = sorted(holders)
-        outcomes = await asyncio.gather(*(self.writer.set(n, identity, None) for n in nodes))
+        fresh = obj is not None
+        outcomes = await asyncio.gather(*(self.writer.set(n, identity, None, fresh=fresh) for n in nodes))
         removed = [n for n, o in zip(nodes, outcomes, strict=True) if o == "removed"]
         if removed and obj is not None:
             self._event(obj, "Normal", "NodeRemoved", f"model removed from nodes {_some(removed)}")

@@ -156,3 +156,15 @@ async def test_errors_reach_every_waiter() -> None:
         return_exceptions=True,
     )
     assert all(isinstance(r, errors.Forbidden) for r in results)
+
+
+async def test_fresh_removal_does_not_trust_a_stale_informer() -> None:
+    api, cache = FakeApi(), FakeCache()
+    writer = EntryWriter(api, cache)
+    await writer.set("n1", ("a", ""), entry("a"))
+    cache.lmns["n1"] = copy.deepcopy(api.objects["n1"])
+    api.someone_else_adds("n1", entry("late"))  # not in the informer yet
+    writer._written.clear()  # as if another process had written it
+    assert await writer.set("n1", ("late", ""), None) is None  # the informer's view: nothing to do
+    assert await writer.set("n1", ("late", ""), None, fresh=True) == "removed"
+    assert models(api) == [("a", "")]
