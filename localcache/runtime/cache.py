@@ -66,6 +66,7 @@ class InformerCache:
         sync_period: float | None = DEFAULT_SYNC_PERIOD,
         use_watch_list: bool = False,
         fail_on_missing_informer: bool = True,
+        read_sync_timeout: float = 120.0,
         clock: Clock = SYSTEM_CLOCK,
         rng: random.Random | None = None,
     ) -> None:
@@ -78,6 +79,7 @@ class InformerCache:
         self.sync_period = sync_period
         self.use_watch_list = use_watch_list
         self.fail_on_missing_informer = fail_on_missing_informer
+        self.read_sync_timeout = read_sync_timeout
         self.clock = clock
         self._rng = rng or random.Random()
         self._informers: dict[InformerKey, SharedInformer] = {}
@@ -176,8 +178,11 @@ class InformerCache:
     ) -> Obj:
         """The cached object (a dict the caller may mutate in compact storage); raises NotFound."""
         inf = self._reader(resource, namespace, metadata_only)
-        if not inf.has_synced():
-            await inf.wait_for_sync(None)
+        if not inf.has_synced() and not await inf.wait_for_sync(self.read_sync_timeout):
+            raise errors.Timeout(
+                f"cache: informer {inf.name} not synced in {self.read_sync_timeout}s (cache not started?)",
+                status=0,
+            )
         obj = inf.store.get_by_name(namespace if resource.namespaced else None, name)
         if obj is None:
             where = f" in namespace {namespace}" if namespace else ""

@@ -349,3 +349,13 @@ async def test_workqueue_metrics_follow_the_queue(rig: Rig) -> None:
     assert metric("workqueue_queue_duration_seconds_count", **labels) == 3
     assert metric("controller_runtime_reconcile_time_seconds_count", controller=c.name) == 3
     assert metric("controller_runtime_active_workers", controller=c.name) == 0
+
+
+async def test_cache_read_before_sync_times_out_in_virtual_time() -> None:
+    clock = FakeClock()
+    cache = InformerCache(FakeClient(), clock=clock, read_sync_timeout=5)
+    cache.informer_for(CONFIGMAPS)  # declared, but the cache is never started
+    task = asyncio.create_task(cache.get(CONFIGMAPS, "a", "ns"))
+    await clock.advance(6)
+    with pytest.raises(errors.Timeout, match="not synced"):
+        await task
