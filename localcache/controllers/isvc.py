@@ -334,6 +334,8 @@ class InferenceServiceDefaulter:
         isvc = req.object
         if req.operation not in ("CREATE", "UPDATE") or not isinstance(isvc, dict):
             return AdmissionResponse.allow()
+        if _meta(isvc).get("deletionTimestamp"):
+            return AdmissionResponse.allow()  # finalizers coming off: keep the binding that blocks its cache
         ref = _object_ref(isvc, req)
         try:
             uri = storage_uri_of(isvc)

@@ -328,3 +328,14 @@ async def test_a_service_without_storage_uri_costs_nothing() -> None:
     isvc = isvc_obj("s", "default", None, labels=STALE)
     resp = await defaulter(client).handle(review("CREATE", isvc))
     assert resp.allowed and resp.patched is None and client.calls == []
+
+
+async def test_a_service_being_deleted_keeps_its_binding() -> None:
+    client = FakeClient()
+    client.put(CONFIGMAPS, {**CONFIG, "data": {"localModel": '{"enabled": false}'}})
+    isvc = isvc_obj(
+        "s", "default", "hf://meta-llama/meta-llama-3-8b-instruct", labels=STALE, annotations=STALE_ANN
+    )
+    isvc["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    resp = await defaulter(client).handle(review("UPDATE", isvc, old=isvc))
+    assert resp.allowed and resp.patched is None and client.calls == []
