@@ -8,8 +8,9 @@ never built from an empty store.
 The matching rules are KServe's, byte for byte, because users' tooling reads the labels and
 annotations: namespace caches of the service's namespace first, then cluster caches, each in name
 order; the first cache whose ``sourceModelUri`` matches (:func:`localcache.api.naming.match_storage_uri`)
-and that serves the requested node group wins. One deliberate difference: a cache that is being
-deleted is skipped, because its volumes are about to go away.
+and that serves the requested node group wins. Deliberate differences: a cache that is being deleted
+is skipped (its volumes are about to go away), and a service that is being deleted is left as it is (its
+binding is what keeps its cache from being deleted under it).
 
 Public interface::
 
