@@ -6,6 +6,8 @@ KServe's rules and messages are kept, because clients and tests match on them:
   UPDATE (``LocalModelCache <other> has the same StorageURI <uri>``); an UPDATE of a cache that is
   being deleted is always allowed, so finalizers can be removed;
 * a namespace cache naming a node group that does not exist is rejected (``NodeGroup <g> not found``);
+  on UPDATE only groups the update adds are checked, so a cache whose group was deleted can still get
+  its finalizer or labels changed;
 * a cache in use cannot be deleted (``LocalModelCache <c> is being used by InferenceService
   <ns>/<isvc>``, ``LocalModelNamespaceCache <ns>/<c> is being used by InferenceService <ns>/<isvc>``).
 
@@ -152,9 +154,14 @@ class NamespaceCacheValidator:
             return AdmissionResponse.allow()
         if req.operation == "UPDATE" and _meta(obj).get("deletionTimestamp"):
             return AdmissionResponse.allow()
+        known: set[str] = set()
+        if req.operation == "UPDATE":
+            # Only groups this update adds: a metadata-only update (a finalizer, a label) of a cache whose
+            # group was deleted meanwhile must not be blocked by something it does not change.
+            known = set(((req.old_object or {}).get("spec") or {}).get("nodeGroups") or [])
         for group in (obj.get("spec") or {}).get("nodeGroups") or []:
-            if not isinstance(group, str) or not group:
-                continue  # the CRD schema reports it
+            if not isinstance(group, str) or not group or group in known:
+                continue  # the CRD schema reports malformed entries
             try:
                 await self.client.get(LOCAL_MODEL_NODE_GROUPS, group)
             except errors.NotFound:

@@ -88,6 +88,10 @@ async def test_namespace_cache_needs_existing_node_groups() -> None:
     bad = cache_obj("c", "s3://foo", ["workers", "gpus"], namespace="team")
     resp = await validator.handle(review("UPDATE", bad, old=ok))
     assert not resp.allowed and resp.message == "NodeGroup gpus not found"
+    # a group deleted after the cache was made does not block updates that leave it as it is
+    relabelled = cache_obj("c", "s3://foo", ["workers", "gpus"], namespace="team")
+    relabelled["metadata"]["finalizers"] = ["localmodelnamespacecache.kserve.io/finalizer"]
+    assert (await validator.handle(review("UPDATE", relabelled, old=bad))).allowed
     assert (
         await validator.handle(
             review("UPDATE", cache_obj("c", "s3://foo", ["gpus"], namespace="team", deleting=True))
