@@ -124,6 +124,16 @@ async def test_two_groups_nodes_joining_and_agents_reporting(env: CacheEnv) -> N
 
     await eventually(events, 20, what="transition events")
 
+    # a node goes NotReady: its entry stays (the copy is good) and so does its last status
+    await env.set_ready(a1, False)
+
+    async def degraded() -> dict[str, Any] | None:
+        s = await env.status(name)
+        return s if cond(s, "Degraded").get("reason") == "NodeNotReady" else None
+
+    status = await eventually(degraded, 20, what="Degraded: node not ready")
+    assert status["nodeStatus"][a1] == "NodeDownloaded" and name in await env.entries(a1)
+
 
 async def _status_with(
     env: CacheEnv, name: str, nodes: int, namespace: str | None = None
