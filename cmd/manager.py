@@ -61,7 +61,8 @@ def disabled_webhooks(value: str) -> set[str]:
 def register_webhooks(manager: Manager, server: WebhookServer, disabled: set[str]) -> list[str]:
     """Register the admission webhooks (isvc / pod / validation modules) not in ``disabled``.
 
-    Returns the names registered. None yet: the webhook modules are wired here when they land.
+    Returns the names registered. None yet: ``localcache.controllers.admission.register_admission``
+    (manager, config_namespace=..., disabled=..., server=server) is to be called here.
     """
     del manager, server, disabled
     return []
@@ -86,6 +87,8 @@ async def run(args: argparse.Namespace) -> None:
         )
         manager = Manager(client, options)
         if webhook_server is not None:
+            # Anything asking manager.webhook_server gets this one; it only runs if a webhook is registered.
+            manager.options.webhook_server = webhook_server
             registered = register_webhooks(manager, webhook_server, disabled)
             if registered:
                 manager.add(webhook_server)
