@@ -54,7 +54,17 @@ async def test_release_waits_for_a_node_of_the_pods_own_group(
         isvc = await admin.create(
             INFERENCE_SERVICES, inference_service("svc", ns, uri, {ANNOTATION_NODE_GROUP: f"gh-{tag}"})
         )
-        pod = await admin.create(PODS, predictor_pod(isvc, "p"))
+        pod_in = predictor_pod(isvc, "p")
+        gpu = {"key": "nvidia.com/gpu-product", "operator": "Exists"}
+        zone = {"key": "topology.kubernetes.io/zone", "operator": "In", "values": ["z1"]}
+        pod_in["spec"]["affinity"] = {
+            "nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {
+                    "nodeSelectorTerms": [{"matchExpressions": [gpu]}, {"matchExpressions": [zone]}]
+                }
+            }
+        }
+        pod = await admin.create(PODS, pod_in)
         assert pod["spec"]["volumes"][-1]["persistentVolumeClaim"]["claimName"] == f"{cache}-gh-{tag}"
         assert gated(pod)
 
@@ -77,13 +87,9 @@ async def test_release_waits_for_a_node_of_the_pods_own_group(
             return None if gated(current) else current
 
         pod = await eventually(released, "pod released")
-        assert required_terms(pod) == [
-            {
-                "matchExpressions": [
-                    {"key": "kubernetes.io/hostname", "operator": "In", "values": [f"h2-{tag}"]}
-                ]
-            }
-        ]
+        # the API server accepted narrowing a gated pod's existing terms (each term gets the requirement)
+        host = {"key": "kubernetes.io/hostname", "operator": "In", "values": [f"h2-{tag}"]}
+        assert required_terms(pod) == [{"matchExpressions": [gpu, host]}, {"matchExpressions": [zone, host]}]
     finally:
         await admin.delete(PODS, "p", ns, missing_ok=True, grace_period_seconds=0)
         await admin.delete(INFERENCE_SERVICES, "svc", ns, missing_ok=True)
