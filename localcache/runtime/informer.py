@@ -34,7 +34,7 @@ from typing import Any, Protocol
 
 from localcache.runtime import metrics
 from localcache.runtime.clock import SYSTEM_CLOCK, Clock, wait_event
-from localcache.runtime.reflector import ClientListerWatcher, ListerWatcher, Reflector
+from localcache.runtime.reflector import Backoff, ClientListerWatcher, ListerWatcher, Reflector
 from localcache.runtime.store import (
     DeletedFinalStateUnknown,
     IndexFunc,
@@ -194,8 +194,8 @@ class HandlerRegistration:
                 self._done += 1
                 if self._initial_target is not None and not self._synced.is_set():
                     self._check_synced()
-                if kind == _ADD and not is_async and len(buf) % 1024 == 0:
-                    await asyncio.sleep(0)  # let other tasks run during a big initial list
+                if not is_async and self._done % 1024 == 0:
+                    await asyncio.sleep(0)  # let other tasks run while a big backlog drains
 
 
 class SharedInformer:
@@ -220,6 +220,7 @@ class SharedInformer:
         use_watch_list: bool = False,
         rng: random.Random | None = None,
         metadata_only: bool = False,
+        backoff: Backoff | None = None,
     ) -> None:
         """``source`` is a :class:`ListerWatcher`, or a ``Client`` (then ``resource`` is required).
 
@@ -264,6 +265,7 @@ class SharedInformer:
             clock=clock,
             use_watch_list=use_watch_list,
             rng=rng,
+            backoff=backoff,
         )
         self.reflector.on_flush = lambda: self._m_cached.set(len(self.store))
 
