@@ -279,6 +279,7 @@ class NodeAgent:
         # storage key → (attempt, retry due (monotonic), outcome): the backoff outlives the failed Job
         # if something else (its TTL, a person) deletes it before the retry is due.
         self._backoff: dict[str, tuple[int, float, _Outcome]] = {}
+        self._previous_failure: dict[str, str] = {}  # storage key → why the attempt before this one failed
         self._failure_text: dict[str, tuple[str, str]] = {}  # failed Job uid → (reason, message)
         self._progress: dict[str, _Published] = {}
         self._capacity: tuple[_Published, int, int] | None = None  # (used, total, available)
@@ -465,9 +466,10 @@ class NodeAgent:
         for sk in [k for k in jobs if k not in wanted]:
             for job in jobs.pop(sk):
                 await self._delete_job(job, namespace, f"storage key {sk} is no longer in the spec")
-        for sk in [k for k in (*self._progress, *self._backoff) if k not in wanted]:
+        for sk in [k for k in (*self._progress, *self._backoff, *self._previous_failure) if k not in wanted]:
             self._progress.pop(sk, None)
             self._backoff.pop(sk, None)
+            self._previous_failure.pop(sk, None)
 
     def _downloaded(self, marker: Any, job_name: str | None) -> _Outcome:
         completed = format_time(marker.completed_at)
@@ -514,6 +516,7 @@ class NodeAgent:
         if marker is not None:
             self._progress.pop(sk, None)
             self._backoff.pop(sk, None)
+            self._previous_failure.pop(sk, None)
             return self._downloaded(marker, _job_name(latest) if latest else None)
         if latest is None:
             attempt, due, waiting = self._backoff.get(sk, (0, 0.0, None))
@@ -536,10 +539,15 @@ class NodeAgent:
             shown = self._published_bytes(sk, measured)
             since = status.start_time or (latest.get("metadata") or {}).get("creationTimestamp") or "?"
             verb = "running" if state == ModelStatus.DOWNLOADING else "pending"
+            message = (
+                f"download Job {name} {verb} since {since} (attempt {job_attempt(latest)}); "
+                f"{_human(shown)} on disk"
+            )
+            if sk in self._previous_failure:
+                message += f"; previous attempt failed: {self._previous_failure[sk]}"
             return _Outcome(
                 state,
-                f"download Job {name} {verb} since {since} (attempt {job_attempt(latest)}); "
-                f"{_human(shown)} on disk",
+                _clip(message),
                 job_name=name,
                 bytes=shown,
                 active=True,
@@ -739,6 +747,7 @@ class NodeAgent:
             )
         message = f"download Job {name} created (attempt {attempt})"
         if previous:
+            self._previous_failure[sk] = previous
             message += f"; previous attempt failed: {previous}"
         return _Outcome(ModelStatus.DOWNLOAD_PENDING, _clip(message), job_name=name, bytes=None, active=True)
 

@@ -29,6 +29,7 @@ from localcache.controllers.node import (
     agent_cache,
     build_agent,
 )
+from localcache.runtime import Conflict
 from localcache.runtime.client import Client
 from localcache.runtime.manager import Manager, ManagerOptions
 from localcache.runtime.resources import CONFIGMAPS, JOBS, NODES, SECRETS
@@ -144,7 +145,20 @@ class Env:
         return folder
 
     async def finish_job(self, job: dict[str, Any], *, ok: bool, message: str = "") -> None:
-        """Set the terminal conditions the Job controller would (status subresource)."""
+        """Set the terminal conditions the Job controller would (status subresource).
+
+        The envtest Job controller, when running, updates the same status (pods it created); a
+        conflict means re-read and try again, as any controller would.
+        """
+        for _ in range(20):
+            try:
+                await self._finish_job(job, ok=ok, message=message)
+                return
+            except Conflict:
+                continue
+        raise AssertionError(f"Job {job['metadata']['name']}: status kept conflicting")
+
+    async def _finish_job(self, job: dict[str, Any], *, ok: bool, message: str = "") -> None:
         name = job["metadata"]["name"]
         current = await self.client.get(JOBS, name, self.namespace)
         status = dict(current.get("status") or {})

@@ -331,6 +331,10 @@ async def test_failed_job_reason_in_status_and_retry_with_exponential_backoff(tm
     assert second["metadata"]["annotations"]["localcache.kserve.io/download-attempt"] == "2"
     assert w.status("m1") == "ModelDownloadPending"
     assert "previous attempt failed: AuthFailed" in w.detail("m1")["message"]
+    w.set_job_running(second)
+    await w.reconcile()
+    assert w.status("m1") == "ModelDownloading"
+    assert "previous attempt failed: AuthFailed" in w.detail("m1")["message"]  # kept while retrying
     # The second failure waits twice as long.
     w.set_job_condition(
         second, "Failed", message="localcache-download error: reason=NotFound exit_code=11 message=gone"
