@@ -104,5 +104,10 @@ async def test_group_without_nodes_reports_reserved_storage(env: CacheEnv) -> No
         return (group or {}).get("status") == {"used": "50Gi", "available": "50Gi"}
 
     await eventually(reserved, 20, what="reserved use without member nodes")
-    status = await env.status(env.n("m1"))
-    assert cond(status, "Ready")["reason"] == "NoNodes" and status["copies"]["total"] == 0
+
+    async def no_nodes() -> dict[str, Any] | None:
+        s = await env.status(env.n("m1"))
+        return s if cond(s, "Ready").get("reason") == "NoNodes" else None
+
+    status = await eventually(no_nodes, 20, what="Ready=False NoNodes")
+    assert status["copies"]["total"] == 0 and cond(status, "InsufficientStorage")["status"] == "False"
