@@ -78,11 +78,6 @@ async def as_manager(
             )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="manifests/base/rbac/manager.yaml grants nothing on pods; the pod-gate controller needs "
-    "get/list/watch/update (reported to the owner of the manifests)",
-)
 async def test_the_shipped_rbac_is_enough_for_admission(
     admin: Client, as_manager: Client, config_namespace: str
 ) -> None:
