@@ -64,6 +64,7 @@ log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
 DEFAULT_RESYNC_PERIOD = 600.0
+MAX_WRITE_ATTEMPTS = 5
 _BINARY_SUFFIXES = (("Ei", 2**60), ("Pi", 2**50), ("Ti", 2**40), ("Gi", 2**30), ("Mi", 2**20), ("Ki", 2**10))
 
 
@@ -281,22 +282,30 @@ class NodeGroupReconciler:
         if group is None or (group.get("metadata") or {}).get("deletionTimestamp"):
             return None
         lmns = {o["metadata"]["name"]: o for o in self.cache.list(LOCAL_MODEL_NODES)}
-        desired = group_status(group, caches_on_group(self.cache, request.name), self.cache.list(NODES), lmns)
-        if _same_quantities(group.get("status"), desired):
+        caches, nodes = caches_on_group(self.cache, request.name), self.cache.list(NODES)
+        for _ in range(MAX_WRITE_ATTEMPTS):
+            desired = group_status(group, caches, nodes, lmns)
+            if _same_quantities(group.get("status"), desired):
+                return self._resync()
+            meta = group["metadata"]
+            patch = {"metadata": {"resourceVersion": meta.get("resourceVersion")}, "status": desired}
+            extra = {"nodegroup": request.name, **desired}
+            try:
+                await self.client.patch(LOCAL_MODEL_NODE_GROUPS, request.name, patch)
+            except errors.Conflict:
+                # usually our own previous write, not yet in the informer: re-read and recompute
+                try:
+                    group = await self.client.get(LOCAL_MODEL_NODE_GROUPS, request.name)
+                except errors.NotFound:
+                    return None
+                continue
+            except errors.NotFound:
+                return None
+            log.info("node group status updated", extra=extra)
             return self._resync()
-        meta = group["metadata"]
-        patch = {"metadata": {"resourceVersion": meta.get("resourceVersion")}, "status": desired}
-        extra = {"nodegroup": request.name, **desired}
-        try:
-            await self.client.patch(LOCAL_MODEL_NODE_GROUPS, request.name, patch)
-        except errors.Conflict:
-            # The cached copy is stale; the watch brings the new one and this key comes back.
-            log.info("node group status conflict; retrying", extra=extra)
-            raise
-        except errors.NotFound:
-            return None
-        log.info("node group status updated", extra=extra)
-        return self._resync()
+        raise errors.Conflict(
+            f"LocalModelNodeGroup {request.name}: still conflicting after {MAX_WRITE_ATTEMPTS} attempts"
+        )
 
     # ---- watches ---------------------------------------------------------------------------------
     def groups_of_cache(self, cache: Obj) -> list[Request]:
