@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from localcache.runtime.resources import (
     PERSISTENT_VOLUMES,
     PODS,
     SECRETS,
+    Resource,
 )
 from localcache.testing.httpsource import HttpFileServer
 from localcache.testing.nodesim import GPU_LABEL, NodeSimulator, temp_root
@@ -267,3 +269,107 @@ async def test_deleting_a_running_job_kills_its_process(
     await eventually(gone, within=60, interval=0.2, what="pod deleted and its process gone")
     with pytest.raises(errors.NotFound):
         await client.get(JOBS, "sleeper", namespace)
+
+
+def _shell_job(name: str, node: str, command: list[str], **container: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name},
+        "spec": {
+            "backoffLimit": 0,
+            "template": {
+                "spec": {
+                    "restartPolicy": "Never",
+                    "nodeSelector": {"kubernetes.io/hostname": node},
+                    "securityContext": {"runAsUser": 0},
+                    "containers": [{"name": "c", "image": "sim/shell", "command": command, **container}],
+                    "volumes": [
+                        {"name": "data", "hostPath": {"path": "/var/data", "type": "DirectoryOrCreate"}},
+                        {"name": "creds", "secret": {"secretName": "creds"}},
+                    ],
+                }
+            },
+        },
+    }
+
+
+async def _job_condition(client: Client, name: str, namespace: str, kind: str) -> None:
+    async def reached() -> bool:
+        job = await client.get(JOBS, name, namespace)
+        other = "Failed" if kind == "Complete" else "Complete"
+        assert not _condition(job, other), f"Job {name} is {other}: {job.get('status')}"
+        return _condition(job, kind)
+
+    await eventually(reached, within=60, interval=0.2, what=f"Job {name} {kind}")
+
+
+async def test_env_and_volumes_from_the_api_and_a_not_ready_node(
+    sim: NodeSimulator, client: Client, namespace: str
+) -> None:
+    sim.images["sim/shell"] = None
+    node = await sim.add_node(f"r-{namespace[2:]}", ready=False)
+    await client.create(
+        SECRETS,
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "creds"},
+            "stringData": {"token": "s3cr3t"},
+        },
+        namespace,
+    )
+    await client.create(
+        Resource("", "v1", "configmaps", "ConfigMap", True),
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cfg"}, "data": {"greeting": "hello"}},
+        namespace,
+    )
+    # Paths reach the process mapped when they are whole arguments (or env values), as here.
+    script = 'echo "$GREETING $POD $(cat "$2/token")" > "$1/out.txt"'
+    job = _shell_job(
+        "envjob",
+        node.name,
+        ["sh", "-c", script, "sh", "/data", "/creds"],
+        env=[
+            {"name": "GREETING", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "greeting"}}},
+            {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        ],
+        volumeMounts=[{"name": "data", "mountPath": "/data"}, {"name": "creds", "mountPath": "/creds"}],
+    )
+    await client.create(JOBS, job, namespace)
+
+    async def unschedulable() -> str | None:
+        pods = (await client.list(PODS, namespace, label_selector="batch.kubernetes.io/job-name=envjob"))[
+            "items"
+        ]
+        for pod in pods:
+            for c in (pod.get("status") or {}).get("conditions") or []:
+                if c["type"] == "PodScheduled" and c["status"] == "False":
+                    return str(c.get("message"))
+        return None
+
+    message = await eventually(unschedulable, within=60, interval=0.2, what="pod Pending on a NotReady node")
+    assert "unreachable" in message
+    assert not sim.runs_for_job("envjob", namespace), "a NotReady node ran a pod"
+
+    await sim.set_ready(node.name, True)
+    await _job_condition(client, "envjob", namespace, "Complete")
+    (run,) = sim.runs_for_job("envjob", namespace)
+    out = (node.host_path("/var/data") / "out.txt").read_text().split()
+    assert out == ["hello", run.name, "s3cr3t"]
+
+
+async def test_memory_limit_kills_with_oomkilled(sim: NodeSimulator, client: Client, namespace: str) -> None:
+    sim.images["sim/shell"] = None
+    node = await sim.add_node(f"m-{namespace[2:]}")
+    hog = "import time; x = bytearray(400 * 1024 * 1024); x[::4096] = b'1' * len(x[::4096]); time.sleep(30)"
+    job = _shell_job("hog", node.name, [sys.executable, "-c", hog], resources={"limits": {"memory": "100Mi"}})
+    job["spec"]["template"]["spec"]["volumes"] = []
+    await client.create(JOBS, job, namespace)
+    await _job_condition(client, "hog", namespace, "Failed")
+    (run,) = sim.runs_for_job("hog", namespace)
+    assert run.reason == "OOMKilled" and run.exit_code == 137
+    assert run.peak_rss_bytes > 100 * 1024 * 1024
+    pods = (await client.list(PODS, namespace, label_selector="batch.kubernetes.io/job-name=hog"))["items"]
+    terminated = pods[0]["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert terminated["reason"] == "OOMKilled" and terminated["exitCode"] == 137
