@@ -232,6 +232,7 @@ class Reflector:
         self.watches = 0
         self._m_events: dict[str, Any] = {}
         self._pending_counts: dict[str, int] = {}
+        self._since_check = 0
         self._last_flush = 0.0
         self.on_flush: Callable[[], None] | None = None
         self._m_rv = metrics.informer_last_resource_version.labels(self.gvk)
@@ -311,6 +312,7 @@ class Reflector:
         self.sink.replace(items, list_rv)
         self._set_rv(list_rv)
         self._rv_unavailable = False
+        self.flush_metrics()
         if self.on_synced:
             self.on_synced()
 
@@ -342,7 +344,6 @@ class Reflector:
     def _set_rv(self, rv: str) -> None:
         if rv:
             self.last_sync_resource_version = rv
-            self._m_rv.set(_numeric_rv(rv))
 
     # --- WATCH ---------------------------------------------------------------------------------------
     def _watch_timeout(self) -> int:
@@ -353,12 +354,18 @@ class Reflector:
         # as much as the rest of an event's handling
         pending = self._pending_counts
         pending[etype] = pending.get(etype, 0) + 1
-        now = self.clock.monotonic()
-        if now - self._last_flush >= 1.0:
-            self.flush_metrics(now)
+        self._since_check += 1
+        if self._since_check >= 64:
+            self._since_check = 0
+            now = self.clock.monotonic()
+            if now - self._last_flush >= 1.0:
+                self.flush_metrics(now)
 
     def flush_metrics(self, now: float | None = None) -> None:
         self._last_flush = self.clock.monotonic() if now is None else now
+        self._since_check = 0
+        if self.last_sync_resource_version:
+            self._m_rv.set(_numeric_rv(self.last_sync_resource_version))
         for etype, n in self._pending_counts.items():
             c = self._m_events.get(etype)
             if c is None:
