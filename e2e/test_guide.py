@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from localcache.runtime.resources import CONFIGMAPS, PERSISTENT_VOLUME_CLAIMS, SECRETS, Resource
+from localcache.runtime.resources import CONFIGMAPS, PERSISTENT_VOLUME_CLAIMS, PODS, SECRETS, Resource
 from localcache.testing.system import (
     CACHE_NAME,
     CONFIG_NAMESPACE,
@@ -177,6 +177,70 @@ async def test_step7_deploy_an_inference_service_using_the_cache(e2e: E2E) -> No
     assert meta["annotations"][ANN_PVC] == f"{CACHE_NAME}-{NODE_GROUP}"
 
 
+async def test_step7_predictor_pod_mounts_the_cached_model(e2e: E2E) -> None:
+    """The predictor pod KServe's InferenceService controller would create (labels and annotations
+    propagated from the InferenceService) is rewritten to mount the node's copy and placed on its nodes."""
+    isvc = await _isvc_mutated(e2e, ISVC_NAMESPACE)
+    annotations = isvc["metadata"]["annotations"]
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": f"{ISVC_NAME}-predictor-e2e",
+            "labels": {**isvc["metadata"]["labels"], "serving.kserve.io/inferenceservice": ISVC_NAME},
+            "annotations": {
+                **{k: v for k, v in annotations.items() if k.startswith(LABEL)},
+                "internal.serving.kserve.io/storage-initializer-sourceuri": e2e.model_uri,
+            },
+        },
+        "spec": {
+            "initContainers": [
+                {
+                    "name": "storage-initializer",
+                    "image": "kserve/storage-initializer:latest",
+                    "args": [e2e.model_uri, "/mnt/models"],
+                }
+            ],
+            "containers": [
+                {
+                    "name": "kserve-container",
+                    "image": "kserve/huggingfaceserver:latest",
+                    "args": ["--model_dir=/mnt/models"],
+                }
+            ],
+        },
+    }
+
+    created = await e2e.client.create(PODS, pod, ISVC_NAMESPACE)
+    try:
+        spec = created["spec"]
+        assert not [c for c in spec.get("initContainers") or [] if c["name"] == "storage-initializer"]
+        claims = [
+            v["persistentVolumeClaim"]["claimName"] for v in spec["volumes"] if "persistentVolumeClaim" in v
+        ]
+        assert claims == [f"{CACHE_NAME}-{NODE_GROUP}"], spec["volumes"]
+        (container,) = spec["containers"]
+        mounts = [m for m in container["volumeMounts"] if m["mountPath"] == "/mnt/models"]
+        assert len(mounts) == 1 and mounts[0]["subPath"] == f"models/{storage_key(e2e.model_uri)}"
+        assert mounts[0].get("readOnly") is True
+        affinity = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        hostnames = {
+            v
+            for term in affinity["nodeSelectorTerms"]
+            for e in term.get("matchExpressions") or []
+            if e["key"] == "kubernetes.io/hostname"
+            for v in e["values"]
+        }
+        assert hostnames == set(e2e.group_nodes)
+        # The serving PVC the pod mounts exists in the InferenceService's namespace.
+        pvc = await e2e.get(PERSISTENT_VOLUME_CLAIMS, f"{CACHE_NAME}-{NODE_GROUP}", ISVC_NAMESPACE)
+        assert pvc is not None, "no serving PVC in the InferenceService's namespace"
+    finally:
+        await e2e.client.delete(
+            PODS, pod["metadata"]["name"], ISVC_NAMESPACE, grace_period_seconds=0, missing_ok=True
+        )
+
+
 async def test_step8_namespace_scoped_cache(e2e: E2E) -> None:
     await e2e.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": TEAM_NAMESPACE}}])
     jobs_before = {j["metadata"]["name"] for n in e2e.group_nodes for j in await e2e.jobs(CACHE_NAME, n)}
@@ -198,7 +262,8 @@ async def test_step8_namespace_scoped_cache(e2e: E2E) -> None:
             folders = [p.name for p in e2e.system.models_dir(node).iterdir() if p.is_dir()]
             assert folders.count(storage_key(e2e.model_uri)) == 1
 
-    # The InferenceService in my-team resolves to the namespace cache first.
+
+async def test_step8_inference_service_resolves_the_namespace_cache_first(e2e: E2E) -> None:
     await e2e.apply(e2e.guide("12-inferenceservice-my-team.yaml"))
     isvc = await _isvc_mutated(e2e, TEAM_NAMESPACE)
     meta = isvc["metadata"]
