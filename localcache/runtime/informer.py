@@ -57,6 +57,8 @@ log = logging.getLogger(__name__)
 Obj = dict[str, Any]
 Transform = Callable[[Obj], Obj]
 MIN_RESYNC_PERIOD = 1.0
+#: a handler this far behind gets a warning in the log (and again at each further multiple)
+BACKLOG_WARNING = 10_000
 
 
 def _rv(obj: Obj) -> str:
@@ -128,10 +130,21 @@ class HandlerRegistration:
         ]
 
     def _push(self, kind: int, a: Any, b: Any = None) -> None:
-        self._buf.append((kind, a, b))
+        buf = self._buf
+        buf.append((kind, a, b))
         self._enqueued += 1
-        if len(self._buf) == 1:
+        n = len(buf)
+        if n == 1:
             self._wake.set()
+        elif n % BACKLOG_WARNING == 0:
+            # client-go's buffers grow "until we OOM"; we at least say so, with the depth in metrics
+            log.warning(
+                "informer %s: handler %s has %d notifications waiting; it is slower than the watch",
+                self.informer.name,
+                self.name,
+                n,
+                extra={"informer": self.informer.name, "handler": self.name, "pending": n},
+            )
 
     def _mark_initial(self) -> None:
         self._initial_target = self._enqueued

@@ -359,3 +359,18 @@ async def test_cache_read_before_sync_times_out_in_virtual_time() -> None:
     await clock.advance(6)
     with pytest.raises(errors.Timeout, match="not synced"):
         await task
+
+
+async def test_cache_shares_informers_per_scope_and_passes_selectors() -> None:
+    client = FakeClient()
+    cache = InformerCache(
+        client, namespace="team-a", label_selectors={CONFIGMAPS: "app = web"}, clock=FakeClock()
+    )
+    a = cache.informer_for(CONFIGMAPS)
+    b = cache.informer_for(CONFIGMAPS, label_selector="app=web")
+    c = cache.informer_for(CONFIGMAPS, label_selector="app=db")
+    d = cache.informer_for(CONFIGMAPS, metadata_only=True)
+    assert a is b and a is not c and a is not d and len(cache.informers) == 3
+    assert a.namespace == "team-a" and a.lw.label_selector == "app=web"  # type: ignore[attr-defined]
+    nodes = cache.informer_for(Resource("", "v1", "nodes", "Node", False))
+    assert nodes.namespace is None, "cluster-scoped resources ignore the namespace restriction"
