@@ -7,8 +7,9 @@ everything from the informer cache, computes the desired state from scratch and 
 2. **Placement**: membership is recomputed from *every* listed node group on every pass (a group's PV
    ``nodeAffinity.required`` selects its nodes, :mod:`.membership`). A node selected by two groups
    takes the first in ``spec.nodeGroups`` order, so its entry never flips. Groups the cache does not
-   fit on (``storageLimit``, :func:`.nodegroup.plan_group_storage`) get no entries and an
-   ``InsufficientStorage`` condition instead of a download that would fail.
+   fit on (``storageLimit``, :func:`.nodegroup.plan_group_storage`) get no new entries and an
+   ``InsufficientStorage`` condition instead of a download that would fail (copies already there
+   are kept, not evicted).
 3. **LocalModelNode entries** ``(modelName, namespace)``: added on Ready member nodes (the
    LocalModelNode, named after the Node, is created with an ownerReference to the Node so garbage
    collection removes it with the Node), kept but not added on NotReady members (removing it would
@@ -295,10 +296,21 @@ class Placement:
     not_ready: dict[str, str] = field(default_factory=dict)  # NotReady member node -> group
     missing_groups: list[str] = field(default_factory=list)
     insufficient: dict[str, Fit] = field(default_factory=dict)  # group -> why it does not fit
+    # members of groups the cache does not fit on: node -> (group, Ready?)
+    held: dict[str, tuple[str, bool]] = field(default_factory=dict)
 
     @property
     def members(self) -> dict[str, str]:
         return {**self.ready, **self.not_ready}
+
+    def keep_existing(self, holders: Iterable[str]) -> None:
+        """Keep copies already placed on groups the cache no longer fits on (a lowered
+        ``storageLimit`` or a grown ``modelSize``): no new download starts there, but no good copy is
+        deleted either."""
+        for node in holders:
+            if node in self.held and node not in self.ready and node not in self.not_ready:
+                group, ready = self.held[node]
+                (self.ready if ready else self.not_ready)[node] = group
 
 
 def compute_placement(
@@ -321,9 +333,10 @@ def compute_placement(
                 placement.missing_groups.append(g)
             continue
         fit = (fits or {}).get(g)
-        if fit is not None and not fit.fits:
+        fits_here = fit is None or fit.fits
+        if not fits_here:
+            assert fit is not None
             placement.insufficient[g] = fit
-            continue
         terms = group_terms(group)
         if not terms:
             continue
@@ -332,7 +345,13 @@ def compute_placement(
             if name in placement.ready or name in placement.not_ready:
                 continue
             if match_node_selector_terms(node, terms):
-                (placement.ready if is_node_ready(node) else placement.not_ready)[name] = g
+                if not fits_here:
+                    placement.held.setdefault(name, (g, is_node_ready(node)))
+                else:
+                    (placement.ready if is_node_ready(node) else placement.not_ready)[name] = g
+    for name in list(placement.held):
+        if name in placement.ready or name in placement.not_ready:
+            del placement.held[name]  # a later group the model fits on takes it
     return placement
 
 
@@ -919,6 +938,11 @@ class CacheReconciler:
         }
         fits = self.storage_fits(obj, groups)
         placement = compute_placement(obj, groups, self.cache.list(NODES), fits)
+        if placement.held:
+            key = cache_identity(obj)
+            placement.keep_existing(
+                _name(o) for o in self.cache.by_index(LOCAL_MODEL_NODES, INDEX_ENTRIES, key)
+            )
         await self._converge_entries(obj, placement)
 
         consumers: list[Obj] | None = None

@@ -87,6 +87,12 @@ async def test_group_usage_and_insufficient_storage(env: CacheEnv) -> None:
     await eventually(fits, 20, what="InsufficientStorage cleared")
     assert first not in await env.entries(a1)
 
+    # the limit is lowered under the model: reported, but the copy already there is not deleted
+    await env.admin.patch(LOCAL_MODEL_NODE_GROUPS, ga, {"spec": {"storageLimit": "5Gi"}})
+    await eventually(short, 20, what="short of storage after the limit was lowered")
+    await env.idle()
+    assert second in await env.entries(a1)
+
 
 async def _has_entry(env: CacheEnv, node: str, name: str) -> bool:
     return name in await env.entries(node)

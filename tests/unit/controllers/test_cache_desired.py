@@ -106,7 +106,19 @@ def test_placement_reports_missing_groups_and_skips_groups_without_room() -> Non
     assert p.missing_groups == ["gone"] and set(p.ready) == {"a1", "a2"}
     fits = plan_group_storage(group("ga", "pool", "a", limit="5Gi"), [cache("m", ["ga"])])
     p = compute_placement(cache("m", ["ga", "gz"]), GROUPS, NODES, {"ga": fits["m"]})
-    assert "ga" in p.insufficient and p.ready == {"a2": "gz", "b1": "gz"}
+    assert "ga" in p.insufficient and p.ready == {"a2": "gz", "b1": "gz"} and set(p.held) == {"a1", "a3"}
+
+
+def test_copies_on_a_group_the_model_no_longer_fits_are_kept_not_added() -> None:
+    c = cache("m", ["ga"], size="200Gi")
+    fits = {"ga": plan_group_storage(GROUPS["ga"], [c])["m"]}
+    p = compute_placement(c, GROUPS, NODES, fits)
+    assert p.ready == {} and p.not_ready == {} and set(p.held) == {"a1", "a2", "a3"}
+    p.keep_existing(["a2", "a3", "b1"])  # a2 and a3 already hold it (b1 is not a member)
+    assert p.ready == {"a2": "ga"} and p.not_ready == {"a3": "ga"} and "ga" in p.insufficient
+    # a later group the model fits on still takes the shared node
+    p = compute_placement(cache("m", ["ga", "gz"]), GROUPS, NODES, fits)
+    assert p.ready == {"a2": "gz", "b1": "gz"} and set(p.held) == {"a1", "a3"}
 
 
 def test_relabelled_node_leaves_the_placement() -> None:
