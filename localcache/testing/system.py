@@ -83,6 +83,7 @@ S3_BUCKET = "mybucket"
 S3_PREFIX = "mymodel/"
 STOP_TIMEOUT_S = 15.0
 FIELD_MANAGER = "localcache-system"
+CONTROLLERS = ("garbagecollector", "job", "namespace", "ttl-after-finished")
 
 LOCAL_MODEL_CACHES = Resource("serving.kserve.io", "v1alpha1", "localmodelcaches", "LocalModelCache", False)
 LOCAL_MODEL_NAMESPACE_CACHES = Resource(
@@ -326,7 +327,9 @@ class LocalSystem:
 
     async def _start(self) -> None:
         if self.plane is None:
-            self.plane = ControlPlane(workdir=self.workdir / "envtest")
+            # The demo's own plane also runs the TTL controller, so finished download Jobs expire as
+            # the agent's ttlSecondsAfterFinished asks.
+            self.plane = ControlPlane(workdir=self.workdir / "envtest", controllers=CONTROLLERS)
             await asyncio.to_thread(self.plane.start)
         if not self.plane.has_controller_manager:
             raise ComponentMissing(
