@@ -428,3 +428,29 @@ async def test_disable_volume_management_and_turning_it_back_on_without_restart(
         return (await env.status(name)).get("inferenceServices") == [{"namespace": apps, "name": "svc"}]
 
     await eventually(tracked, 20, what="consumer tracked")
+
+
+async def test_two_managers_writing_at_once_lose_no_entry(env: CacheEnv, cluster: TestCluster) -> None:
+    """Two processes' writers (no shared in-process batching, e.g. a leader hand-over) racing on the
+    same LocalModelNodes: optimistic concurrency alone keeps every entry."""
+    await env.start()
+    async with await CountingClient.from_kubeconfig(cluster.kubeconfig) as client_b:
+        other = CacheEnv(env.admin, client_b, env.ns)
+        await other.start(config=False, prefix="-b")
+        try:
+            nodes = [await env.make_node(f"n{i}", "a") for i in range(2)]
+            ga = await env.make_group("ga", "a")
+            names = [env.n(f"m{i:02d}") for i in range(20)]
+            await asyncio.gather(*(env.make_cache(n, [ga]) for n in names))
+
+            async def complete() -> bool:
+                return all([set(await env.entries(n)) == set(names) for n in nodes])
+
+            await eventually(complete, 60, what="all 20 entries on both nodes, two writers")
+            await env.idle()
+            await other.idle()
+            refused = sum(sum(getattr(c, "conflicts", {}).values()) for c in (env.client, client_b))
+            print(f"\ntwo managers, 20 caches x 2 nodes: {refused} writes refused (409) and retried")
+            assert all([set(await env.entries(n)) == set(names) for n in nodes])
+        finally:
+            await other.stop()

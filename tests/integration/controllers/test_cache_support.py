@@ -95,22 +95,30 @@ class CacheEnv:
         return f"{self.ns}-{short}"
 
     # ---- running the manager ---------------------------------------------------------------------
-    async def start(self, local_model: dict[str, Any] | None = None, **options: Any) -> None:
-        data = {"localModel": json.dumps({"jobNamespace": self.ns, **(local_model or {})})}
-        await self.admin.create(
-            CONFIGMAPS,
-            {"metadata": {"name": "inferenceservice-config", "namespace": self.ns}, "data": data},
-            self.ns,
-        )
+    async def start(
+        self,
+        local_model: dict[str, Any] | None = None,
+        *,
+        config: bool = True,
+        prefix: str = "",
+        **options: Any,
+    ) -> None:
+        if config:
+            data = {"localModel": json.dumps({"jobNamespace": self.ns, **(local_model or {})})}
+            await self.admin.create(
+                CONFIGMAPS,
+                {"metadata": {"name": "inferenceservice-config", "namespace": self.ns}, "data": data},
+                self.ns,
+            )
         opts = ManagerOptions(
             metrics_bind_address="0", health_probe_bind_address="0", handle_signals=False, loop_lag_interval=0
         )
         self.manager = Manager(self.client, opts)
         self.controllers = setup_cache_controllers(
-            self.manager, config_namespace=self.ns, name_prefix=f"{self.ns}-", **options
+            self.manager, config_namespace=self.ns, name_prefix=f"{self.ns}{prefix}-", **options
         )
         self.controllers.append(
-            setup_nodegroup_controller(self.manager, name=f"{self.ns}-localmodelnodegroup")
+            setup_nodegroup_controller(self.manager, name=f"{self.ns}{prefix}-localmodelnodegroup")
         )
         self._task = asyncio.create_task(self.manager.run())
         manager = self.manager
