@@ -21,7 +21,7 @@ from localcache.runtime import (
     label_selector,
 )
 from localcache.runtime.reflector import ClientListerWatcher
-from localcache.runtime.resources import CONFIGMAPS
+from localcache.runtime.resources import CONFIGMAPS, EVENTS, JOBS, LEASES, NAMESPACES, PODS, SECRETS, Resource
 
 from .informer_helpers import EventLog, cm, wait_for
 
@@ -83,6 +83,21 @@ async def test_hammer_store_equals_fresh_list_and_event_sequences_valid(
         assert sum(len(s) for s in log.by_key.values()) > 40
     finally:
         await stop(task)
+
+
+async def warm_up(client: Client) -> None:
+    """A restarted API server answers 429 until each watch cache is filled: wait for the common
+    resources, so later tests in this session meet a settled server."""
+    for res in (CONFIGMAPS, NAMESPACES, SECRETS, PODS, LEASES, EVENTS, JOBS):
+
+        async def ready(res: Resource = res) -> bool:
+            try:
+                await client.list(res, limit=1)
+            except errors.TooManyRequests:
+                return False
+            return True
+
+        await wait_for(ready, 60, f"{res} to be served after the restart")
 
 
 class FaultyListerWatcher(ClientListerWatcher):
@@ -158,6 +173,7 @@ async def test_forced_410_and_dropped_watch_miss_no_deletes(
             # old RVs from: the re-watch at the informer's last RV gets a real 410
             await asyncio.to_thread(cluster.plane.compact)
             await asyncio.to_thread(cluster.plane.restart_apiserver)
+            await warm_up(client)
         lists_before = inf.reflector.lists
         lw.gate.set()
         items, _ = await client.list_all(CONFIGMAPS, namespace)
