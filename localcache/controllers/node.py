@@ -351,6 +351,16 @@ class NodeAgent:
         self._preflight, self._preflight_key = result, key
         return result
 
+    async def _markers(self, entries: Mapping[str, list[LocalModelInfo]]) -> dict[str, Any]:
+        """Every folder's valid marker (or None), read in one worker-thread hop for the whole node."""
+        root = self.options.models_dir
+        wanted = {sk: infos[0].source_model_uri for sk, infos in entries.items()}
+
+        def read_all() -> dict[str, Any]:
+            return {sk: read_marker(root / sk, uri) for sk, uri in wanted.items()}
+
+        return await asyncio.to_thread(read_all) if wanted else {}
+
     # --- the reconcile -------------------------------------------------------------------------------
     async def reconcile(self, request: Request) -> Result | None:
         if request.name != self.node_name:
@@ -367,7 +377,8 @@ class NodeAgent:
             cfg = self._config()
         except ConfigError as exc:
             blocked = PreflightResult(False, "ConfigInvalid", str(exc))
-            outcomes = {sk: await self._blocked(sk, infos[0], blocked) for sk, infos in entries.items()}
+            markers = await self._markers(entries)
+            outcomes = {sk: self._blocked(markers[sk], blocked) for sk in entries}
             await self._write_status(obj, lmn, outcomes, blocked)
             return Result(requeue_after=60.0)
         freq = float(cfg.local_model.reconcilation_frequency_in_secs)
@@ -387,14 +398,17 @@ class NodeAgent:
 
         wake = freq
         outcomes: dict[str, _Outcome] = {}
+        markers = await self._markers(entries)
         if not pre.ok:
-            for sk, infos in entries.items():
-                outcomes[sk] = await self._blocked(sk, infos[0], pre)
+            for sk in entries:
+                outcomes[sk] = self._blocked(markers[sk], pre)
         else:
             jobs = self._jobs_by_key(namespace, lmn)
             await self._delete_unwanted(jobs, set(entries), namespace)
             for sk, infos in entries.items():
-                outcome = await self._model(sk, infos[0], jobs.get(sk, []), cfg, namespace, lmn, members, obj)
+                outcome = await self._model(
+                    sk, infos[0], markers[sk], jobs.get(sk, []), cfg, namespace, lmn, members, obj
+                )
                 outcomes[sk] = outcome
                 if outcome.wake_in is not None:
                     wake = min(wake, outcome.wake_in)
@@ -414,8 +428,7 @@ class NodeAgent:
         await self._write_status(obj, lmn, outcomes, pre)
         return Result(requeue_after=max(wake, 1.0))
 
-    async def _blocked(self, sk: str, info: LocalModelInfo, pre: PreflightResult) -> _Outcome:
-        marker = await asyncio.to_thread(read_marker, self.options.models_dir / sk, info.source_model_uri)
+    def _blocked(self, marker: Any, pre: PreflightResult) -> _Outcome:
         if marker is not None:
             return self._downloaded(marker, None)
         return _Outcome(ModelStatus.DOWNLOAD_ERROR, _clip(f"{pre.reason}: {pre.message}"))
@@ -499,6 +512,7 @@ class NodeAgent:
         self,
         sk: str,
         info: LocalModelInfo,
+        marker: Any,
         jobs: list[dict[str, Any]],
         cfg: InferenceServiceConfig,
         namespace: str,
@@ -512,7 +526,6 @@ class NodeAgent:
         for extra in jobs[:-1]:  # never two live downloads into one folder
             if not _finished(JobStatus.from_dict(extra.get("status") or {})):
                 await self._delete_job(extra, namespace, f"a newer download Job exists for {sk}")
-        marker = await asyncio.to_thread(read_marker, folder, info.source_model_uri)
         if marker is not None:
             self._progress.pop(sk, None)
             self._backoff.pop(sk, None)
