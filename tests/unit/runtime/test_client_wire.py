@@ -22,6 +22,7 @@ class Recorder:
         self.replies: list[tuple[int, Any]] = []
         self.stream_chunks: list[bytes] = []
         self.stream_pause: float = 0.0
+        self.reply_pause: float = 0.0
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
@@ -43,6 +44,8 @@ class Recorder:
             if self.stream_pause:
                 await asyncio.sleep(self.stream_pause)
             return resp
+        if self.reply_pause:
+            await asyncio.sleep(self.reply_pause)
         status, payload = self.replies.pop(0) if self.replies else (200, {"kind": "Thing"})
         return web.json_response(payload, status=status)
 
@@ -193,3 +196,44 @@ async def test_connection_refused_is_connection_failed() -> None:
         with pytest.raises(errors.ConnectionFailed):
             async with c.watch(NODES):
                 pass
+
+
+async def test_request_timeout_is_a_typed_timeout(server: tuple[Recorder, Client]) -> None:
+    rec, c = server
+    rec.reply_pause = 1.0
+    with pytest.raises(errors.Timeout, match=r"no response within 0\.2s"):
+        await c.request("GET", "/api/v1/nodes", request_timeout=0.2)
+
+
+async def test_list_items_get_kind_and_api_version(server: tuple[Recorder, Client]) -> None:
+    rec, c = server
+    rec.replies = [
+        (
+            200,
+            {
+                "kind": "WidgetList",
+                "apiVersion": "example.com/v1",
+                "metadata": {},
+                "items": [{"metadata": {"name": "a"}}],
+            },
+        )
+    ]
+    page = await c.list(WIDGETS, "ns")
+    assert page["items"][0]["kind"] == "Widget" and page["items"][0]["apiVersion"] == "example.com/v1"
+
+
+async def test_discovery_is_cached_and_refreshed_on_miss(server: tuple[Recorder, Client]) -> None:
+    rec, c = server
+    doc = {
+        "resources": [
+            {"name": "widgets", "kind": "Widget", "namespaced": True},
+            {"name": "widgets/status", "kind": "Widget", "namespaced": True},
+        ]
+    }
+    rec.replies = [(200, doc), (200, doc), (200, doc)]
+    assert await c.resource_for("example.com/v1", "Widget") == WIDGETS
+    assert await c.resource_for("example.com/v1", "Widget") == WIDGETS
+    assert len(rec.requests) == 1, "cached"
+    with pytest.raises(errors.NotFound):
+        await c.resource_for("example.com/v1", "Gadget")
+    assert len(rec.requests) == 2, "one refresh on a miss"
