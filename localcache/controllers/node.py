@@ -125,6 +125,8 @@ STORAGE_READY_GAUGE = Gauge("localcache_agent_storage_ready", "1 when the pre-fl
 #: Condition type added by the agent: the pre-flight outcome, with the disk's capacity in its message.
 STORAGE_READY = "StorageReady"
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
+#: A Job pending longer than this gets its pod's scheduling / image-pull problem in the status message.
+PENDING_GRACE_SECONDS = 60.0
 MAX_MESSAGE = 1024
 
 
@@ -280,6 +282,8 @@ class NodeAgent:
         # if something else (its TTL, a person) deletes it before the retry is due.
         self._backoff: dict[str, tuple[int, float, _Outcome]] = {}
         self._previous_failure: dict[str, str] = {}  # storage key → why the attempt before this one failed
+        self._pending_since: dict[str, float] = {}  # pending Job uid → first seen pending (monotonic)
+        self._pending_text: dict[str, tuple[float, str]] = {}  # pending Job uid → (looked at, why)
         self._failure_text: dict[str, tuple[str, str]] = {}  # failed Job uid → (reason, message)
         self._progress: dict[str, _Published] = {}
         self._capacity: tuple[_Published, int, int] | None = None  # (used, total, available)
@@ -437,10 +441,9 @@ class NodeAgent:
         listed = self.cache.list(JOBS, namespace, label_selector=self.options.job_label_selector)
         present_uids = {_job_uid(j) for j in listed}
         self._deleted &= present_uids
-        for uid in list(self._failed_seen):
-            if uid not in present_uids:
-                self._failed_seen.pop(uid, None)
-                self._failure_text.pop(uid, None)
+        for memory in (self._failed_seen, self._failure_text, self._pending_since, self._pending_text):
+            for uid in [u for u in memory if u not in present_uids]:
+                del memory[uid]
         by_status_key = {info.status_key: info.storage_key for info in lmn.spec.local_models}
         out: dict[str, list[dict[str, Any]]] = {}
         names = set()
@@ -556,6 +559,10 @@ class NodeAgent:
                 f"download Job {name} {verb} since {since} (attempt {job_attempt(latest)}); "
                 f"{_human(shown)} on disk"
             )
+            if state == ModelStatus.DOWNLOAD_PENDING:
+                stuck = await self._pending_reason(latest, namespace)
+                if stuck:
+                    message += f"; {stuck}"
             if sk in self._previous_failure:
                 message += f"; previous attempt failed: {self._previous_failure[sk]}"
             return _Outcome(
@@ -667,6 +674,37 @@ class NodeAgent:
             result = (why, text)
         self._failure_text[uid] = result
         return result
+
+    async def _pending_reason(self, job: Mapping[str, Any], namespace: str) -> str:
+        """Why a Job's pod is not running yet (unschedulable, image pull, missing secret), looked up at
+        most once per progress interval per Job, and only after the Job has been pending a while."""
+        uid, name = _job_uid(job), _job_name(job)
+        now = self.clock.monotonic()
+        first_seen = self._pending_since.setdefault(uid, now)
+        if now - first_seen < PENDING_GRACE_SECONDS:
+            return ""
+        cached = self._pending_text.get(uid)
+        if cached is not None and now - cached[0] < self.options.progress_interval_seconds:
+            return cached[1]
+        text = ""
+        try:
+            page = await self.client.list(PODS, namespace, label_selector=f"{JOB_NAME_LABEL}={name}")
+        except ApiError as exc:
+            log.info("cannot read pods of Job %s/%s: %s", namespace, name, exc)
+            page = {}
+        for pod in sorted(page.get("items") or [], key=_created, reverse=True):
+            status = pod.get("status") or {}
+            for cond in status.get("conditions") or []:
+                if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+                    text = f"pod {cond.get('reason') or 'Unschedulable'}: {cond.get('message') or ''}".strip()
+            for cs in status.get("containerStatuses") or []:
+                waiting = (cs.get("state") or {}).get("waiting") or {}
+                if waiting.get("reason") and waiting["reason"] != "ContainerCreating":
+                    text = f"container {waiting['reason']}: {waiting.get('message') or ''}".strip()
+            if text:
+                break
+        self._pending_text[uid] = (now, text)
+        return text
 
     async def _pod_failure(self, job_name: str, namespace: str) -> tuple[str, str] | None:
         try:

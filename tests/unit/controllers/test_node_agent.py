@@ -582,3 +582,40 @@ async def test_writability_is_checked_again_when_the_config_changes(
     cond = w.condition(STORAGE_READY)
     assert cond["status"] == "False" and cond["reason"] == "StorageNotWritable"
     assert len(w.jobs()) == 1 and w.status("b") == "ModelDownloadError"
+
+
+async def test_a_stuck_pending_job_says_why(tmp_path: Path) -> None:
+    w = make_world(tmp_path, entry("m1"))
+    await w.reconcile()
+    name = w.jobs()[0]["metadata"]["name"]
+    w.client.put(
+        PODS,
+        {
+            "metadata": {
+                "name": f"{name}-x1",
+                "namespace": JOB_NS,
+                "labels": {"batch.kubernetes.io/job-name": name},
+            },
+            "status": {
+                "phase": "Pending",
+                "conditions": [
+                    {
+                        "type": "PodScheduled",
+                        "status": "False",
+                        "reason": "Unschedulable",
+                        "message": "0/3 nodes are available: 1 node(s) had untolerated taint {gpu: true}.",
+                    }
+                ],
+            },
+        },
+    )
+    await w.reconcile()
+    assert "Unschedulable" not in w.detail("m1")["message"]  # young Jobs are left alone
+    assert w.client.verbs("list", "pods") == []
+    await w.clock.advance(61)
+    await w.reconcile()
+    assert w.status("m1") == "ModelDownloadPending"
+    assert "pod Unschedulable: 0/3 nodes are available" in w.detail("m1")["message"]
+    await w.clock.advance(5)
+    await w.reconcile()
+    assert len(w.client.verbs("list", "pods")) == 1  # looked up at most once per progress interval
