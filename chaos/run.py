@@ -1,0 +1,448 @@
+"""The chaos runner: the e2e flow under seeded faults, invariants checked at the end of every run.
+
+    python -m chaos.run --runs 3 --seed 1 --window 90 --faults 12
+
+Each run starts a fresh system (:class:`chaos.harness.ChaosSystem`: control plane, local hub/S3/HTTP
+sources, three simulated nodes, two leader-electing managers and three agents, all talking to the API
+server through a fault proxy), creates caches for the hub, S3 and HTTP models (and a namespace cache),
+and, at seeded random moments within ``--window`` seconds, injects faults. Then every process is
+brought back, the caches must converge, and the invariants (:mod:`chaos.invariants`) are checked.
+The last lines printed are the counts: faults injected by kind, runs, invariant violations.
+Exit code 0 only when there were none.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import random
+import sys
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from chaos.harness import ChaosSystem
+from chaos.invariants import (
+    CacheSpec,
+    Monitor,
+    file_digests,
+    final_checks,
+    not_ours_intact,
+    processes_left,
+    secrets_by_value,
+)
+from localcache.testing.envtest import ControlPlane
+from localcache.testing.faultproxy import Status, WatchError
+from localcache.testing.hfhub import Fault as HubFault
+from localcache.testing.httpsource import Fault as HttpFault
+from localcache.testing.models import generate_model, minilm_dir
+from localcache.testing.system import (
+    CACHE_NAME,
+    HUB_TOKEN,
+    LOCAL_MODEL_CACHES,
+    LOCAL_MODEL_NAMESPACE_CACHES,
+    LOCAL_MODEL_NODES,
+    MINILM_REPO,
+    MODEL_URI,
+    S3_CACHE_NAME,
+    S3_MODEL_URI,
+    TEAM_NAMESPACE,
+    apply_documents,
+    guide_example,
+    storage_config_secret,
+)
+
+log = logging.getLogger("chaos")
+
+GROUP_NODES = ("kind-worker", "kind-worker2")
+HTTP_CACHE = "http-model"
+HTTP_CSC = "chaos-http"
+MiB = 1024 * 1024
+
+#: Every fault kind; ``disk_full`` needs a tmpfs (root), else it is skipped and said so.
+FAULT_KINDS = (
+    "apiserver_restart",
+    "watch_drop",
+    "api_error",
+    "watch_410",
+    "manager_kill",
+    "leader_change",
+    "agent_kill",
+    "download_kill",
+    "source_corrupt",
+    "source_truncate",
+    "disk_full",
+)
+
+
+@dataclass
+class RunResult:
+    seed: int
+    faults: Counter[str] = field(default_factory=Counter)
+    skipped: Counter[str] = field(default_factory=Counter)
+    violations: list[str] = field(default_factory=list)
+    proxy_injected: Counter[str] = field(default_factory=Counter)
+    converge_s: float = 0.0
+    samples: int = 0
+
+
+def _csc() -> dict[str, Any]:
+    return {
+        "apiVersion": "serving.kserve.io/v1alpha1",
+        "kind": "ClusterStorageContainer",
+        "metadata": {"name": HTTP_CSC},
+        "spec": {
+            "container": {
+                "name": "storage-initializer",
+                "image": "kserve/storage-initializer:latest",
+                "env": [{"name": "LOCALCACHE_RETRIES", "value": "1"}],
+                "resources": {"requests": {"memory": "16Mi", "cpu": "100m"}, "limits": {"memory": "256Mi"}},
+            },
+            "supportedUriFormats": [{"prefix": "http://127.0.0.1"}],
+            "workloadType": "localModelDownloadJob",
+        },
+    }
+
+
+def _http_cache(uri: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "serving.kserve.io/v1alpha1",
+        "kind": "LocalModelCache",
+        "metadata": {"name": HTTP_CACHE},
+        "spec": {"sourceModelUri": uri, "modelSize": "100Mi", "nodeGroups": ["workers"]},
+    }
+
+
+class Run:
+    """One seeded run."""
+
+    def __init__(self, seed: int, window: float, faults: int, converge_within: float, plane: Any) -> None:
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.window = window
+        self.n_faults = faults
+        self.converge_within = converge_within
+        self.chaos = ChaosSystem(plane=plane, seed=seed)
+        self.result = RunResult(seed)
+        self.caches: list[CacheSpec] = []
+        self.sources: dict[str, dict[str, str]] = {}
+        self.planted: dict[Path, bytes] = {}
+        self._pending: set[asyncio.Task[Any]] = set()
+
+    # ---- setup -----------------------------------------------------------------------------
+    async def setup(self) -> None:
+        await self.chaos.start()
+        system = self.chaos.system
+        assert system is not None and system.client is not None
+        system.hub.rate = 8 * MiB  # slow enough that kills and faults land mid-file
+        http_dir = system.http_root / "chaos"
+        generate_model(http_dir, shards=1, shard_bytes=12 * MiB, seed=self.seed)
+        http_file = next(p for p in http_dir.iterdir() if p.is_file() and p.suffix == ".safetensors")
+        http_uri = f"{system.http.url}/chaos/{http_file.name}"
+        self.http_file = f"chaos/{http_file.name}"
+        self.sources = {
+            MODEL_URI: file_digests(minilm_dir()),
+            S3_MODEL_URI: file_digests(system.workdir / "s3-model"),
+            http_uri: {http_file.name: file_digests(http_dir)[http_file.name]},
+        }
+        # Files an admin left in the cache roots: never ours to delete.
+        for node in GROUP_NODES:
+            root = system.models_dir(node)
+            root.mkdir(parents=True, exist_ok=True)
+            for rel in ("README-admin.txt", "admin-notes/keep.bin", "0123456789abcdef/not-a-model.txt"):
+                path = root / rel
+                path.parent.mkdir(parents=True, exist_ok=True)
+                content = f"{node}:{rel}:{self.seed}".encode()
+                path.write_bytes(content)
+                self.planted[path] = content
+        docs = [
+            *guide_example("01-inferenceservice-config-localmodel.yaml"),
+            *guide_example("02-hf-secret-and-serviceaccount.yaml"),
+            *storage_config_secret(system.s3_storage_config()),
+            *guide_example("08-local-model-node-group.yaml"),
+            _csc(),
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": TEAM_NAMESPACE}},
+        ]
+        await apply_documents(system.client, docs)
+        self.caches = [
+            CacheSpec(LOCAL_MODEL_CACHES, CACHE_NAME, None, MODEL_URI, minilm_dir(), GROUP_NODES),
+            CacheSpec(LOCAL_MODEL_CACHES, S3_CACHE_NAME, None, S3_MODEL_URI, system.workdir, GROUP_NODES),
+            CacheSpec(LOCAL_MODEL_CACHES, HTTP_CACHE, None, http_uri, http_dir, GROUP_NODES),
+            CacheSpec(
+                LOCAL_MODEL_NAMESPACE_CACHES, CACHE_NAME, TEAM_NAMESPACE, MODEL_URI, minilm_dir(), GROUP_NODES
+            ),
+        ]
+
+    async def create_caches(self) -> None:
+        system = self.chaos.system
+        assert system is not None and system.client is not None
+        docs = [
+            *guide_example("03-local-model-cache-sa.yaml"),
+            *guide_example("06-local-model-cache-s3.yaml"),
+            _http_cache(self.caches[2].uri),
+            *guide_example("11-local-model-namespace-cache.yaml"),
+        ]
+        for doc in docs:  # the API server may be restarting: retry each apply until it lands
+            await _retry(lambda d=doc: apply_documents(system.client, [d]), what=f"apply {doc['kind']}")
+
+    # ---- faults ----------------------------------------------------------------------------
+    def _later(self, delay: float, fn: Callable[[], Any]) -> None:
+        async def go() -> None:
+            await asyncio.sleep(delay)
+            result = fn()
+            if asyncio.iscoroutine(result):
+                await result
+
+        task = asyncio.create_task(go())
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def inject(self, kind: str) -> bool:
+        """Apply one fault; False when it could not apply now (nothing to hit), so it is not counted."""
+        chaos, system, proxy = self.chaos, self.chaos.system, self.chaos.proxy
+        assert system is not None and proxy is not None and chaos.plane is not None
+        rng = self.rng
+        if kind == "apiserver_restart":
+            await asyncio.to_thread(chaos.plane.restart_apiserver)
+        elif kind == "watch_drop":
+            return await proxy.drop_connections() > 0
+        elif kind == "api_error":
+            code = rng.choice([409, 429, 500, 503])
+            proxy.add(
+                Status(code, retry_after=1 if code == 429 else None), times=rng.randint(2, 6), watch=False
+            )
+        elif kind == "watch_410":
+            proxy.add(WatchError(410), watch=True, times=rng.randint(1, 3))
+        elif kind == "manager_kill":
+            victim = rng.choice(chaos.managers)
+            if not chaos.kill(victim):
+                return False
+            self._later(rng.uniform(0.5, 4), lambda: chaos.restart(victim))
+        elif kind == "leader_change":
+            before = await chaos.leader()
+            # The lease holder is one of the two; kill both in turn would stop all work, so kill the
+            # one whose log says it leads (the identity starts with the host name for both), else any.
+            victim = next((m for m in chaos.managers if m.alive and _leads(m)), None)
+            if before is None or victim is None or not chaos.kill(victim):
+                return False
+            self._later(rng.uniform(1, 4), lambda: chaos.restart(victim))
+        elif kind == "agent_kill":
+            node = rng.choice(sorted(system.agents))
+            if not chaos.kill_agent(node):
+                return False
+            self._later(rng.uniform(0.5, 4), lambda: chaos.restart_agent(node))
+        elif kind == "download_kill":
+            runs = chaos.running_downloads()
+            if not runs:
+                return False
+            return chaos.kill_download(rng.choice(runs))
+        elif kind == "source_corrupt":
+            system.hub.faults[(MINILM_REPO, "model.safetensors")] = HubFault(
+                "corrupt", after=rng.randint(0, 20 * MiB), times=rng.randint(1, 2)
+            )
+        elif kind == "source_truncate":
+            system.http.faults[self.http_file] = HttpFault(
+                "truncate", after=rng.randint(0, 8 * MiB), times=rng.randint(1, 2)
+            )
+        elif kind == "disk_full":
+            if chaos.tmpfs is None:
+                self.result.skipped[kind] += 1
+                return False
+            filler = chaos.tmpfs / "filler-not-ours.bin"
+            await asyncio.to_thread(_fill, filler)
+            self._later(rng.uniform(3, 8), lambda: filler.unlink(missing_ok=True))
+        else:
+            raise ValueError(f"unknown fault kind {kind!r}")
+        return True
+
+    async def faults_phase(self) -> None:
+        kinds = list(FAULT_KINDS)
+        times = sorted(self.rng.uniform(0, self.window) for _ in range(self.n_faults))
+        # Every kind at least once when there are enough faults, the rest drawn at random.
+        if self.n_faults >= len(kinds):
+            plan = [kinds[i % len(kinds)] for i in range(self.n_faults)]
+        else:
+            plan = [self.rng.choice(kinds) for _ in range(self.n_faults)]
+        self.rng.shuffle(plan)
+        t0 = time.monotonic()
+        for at, kind in zip(times, plan, strict=True):
+            await asyncio.sleep(max(0.0, t0 + at - time.monotonic()))
+            try:
+                applied = await self.inject(kind)
+            except Exception as exc:  # a fault that could not be applied is reported, not fatal
+                log.warning("fault failed kind=%s error=%s", kind, exc)
+                applied = False
+            if applied:
+                self.result.faults[kind] += 1
+            log.info("fault kind=%s at=%.1fs applied=%s", kind, time.monotonic() - t0, applied)
+        await asyncio.sleep(max(0.0, t0 + self.window - time.monotonic()))
+
+    # ---- the run ---------------------------------------------------------------------------
+    async def execute(self) -> RunResult:
+        try:
+            await self.setup()
+            system = self.chaos.system
+            assert system is not None and system.client is not None
+            monitor = Monitor(system.client, self.caches, system.models_dir)
+            monitor.start()
+            creator = asyncio.create_task(self.create_caches())
+            await self.faults_phase()
+            await creator
+            await asyncio.gather(*self._pending, return_exceptions=True)
+            self.chaos.proxy.clear()  # type: ignore[union-attr]
+            self.chaos.ensure_running()
+            t0 = time.monotonic()
+            not_converged = await self.converge()
+            self.result.converge_s = time.monotonic() - t0
+            await monitor.stop()
+            self.result.samples = monitor.samples
+            self.result.violations += not_converged + monitor.violations
+            self.result.violations += await final_checks(
+                system.client, self.caches, system.models_dir, self.sources
+            )
+            self.result.violations += not_ours_intact(self.planted)
+            s3_secret = system.s3_storage_config()["secret_access_key"]
+            logs = sorted((system.workdir / "logs").glob("*.log")) + sorted(
+                (system.workdir / "nodes").rglob("*.log")
+            )
+            self.result.violations += await secrets_by_value(
+                system.client,
+                {"HF_TOKEN": HUB_TOKEN, "S3 secret_access_key": s3_secret},
+                logs,
+                [LOCAL_MODEL_CACHES, LOCAL_MODEL_NAMESPACE_CACHES, LOCAL_MODEL_NODES],
+            )
+            self.result.proxy_injected = Counter(self.chaos.proxy.injected)  # type: ignore[union-attr]
+        finally:
+            for task in self._pending:
+                task.cancel()
+            pids = self.chaos.all_pids()
+            await self.chaos.stop()
+            self.result.violations += processes_left(pids)
+        return self.result
+
+    async def converge(self) -> list[str]:
+        system = self.chaos.system
+        assert system is not None and system.client is not None
+        deadline = time.monotonic() + self.converge_within
+        pending: list[str] = []
+        while time.monotonic() < deadline:
+            self.chaos.ensure_running()
+            pending = []
+            for cache in self.caches:
+                try:
+                    obj = await system.client.get(cache.resource, cache.name, cache.namespace)
+                except Exception as exc:
+                    pending.append(f"{cache}: {exc}")
+                    continue
+                copies = (obj.get("status") or {}).get("copies") or {}
+                if not (copies.get("total") == copies.get("available") == len(cache.nodes)):
+                    pending.append(f"{cache}: status {json.dumps(obj.get('status'))[:400]}")
+            if not pending:
+                return []
+            await asyncio.sleep(1)
+        return [f"did not converge within {self.converge_within:.0f}s: {p}" for p in pending]
+
+
+def _leads(process: Any) -> bool:
+    """Whether a manager's log says it holds the lease most recently (acquired after any loss)."""
+    text = process.log_tail(400)
+    acquired = max(text.rfind("acquired"), text.rfind("became leader"))
+    return acquired >= 0 and acquired > text.rfind("lost")
+
+
+def _fill(path: Path) -> None:
+    """Fill the file system of ``path`` up to its last 64 KiB."""
+    import shutil
+
+    free = shutil.disk_usage(path.parent).free
+    with open(path, "wb") as fh:
+        remaining = max(0, free - 64 * 1024)
+        block = b"\0" * MiB
+        try:
+            while remaining > 0:
+                fh.write(block[: min(len(block), remaining)])
+                remaining -= min(len(block), remaining)
+        except OSError:
+            pass
+
+
+async def _retry(fn: Callable[[], Awaitable[Any]], *, what: str, within: float = 60) -> Any:
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            return await fn()
+        except Exception as exc:
+            if time.monotonic() > deadline:
+                raise
+            log.info("retrying what=%s error=%s", what, exc)
+            await asyncio.sleep(1)
+
+
+def summary(results: list[RunResult]) -> list[str]:
+    """The run's last lines: faults by kind, runs, invariant violations."""
+    faults: Counter[str] = Counter()
+    proxy: Counter[str] = Counter()
+    skipped: Counter[str] = Counter()
+    for r in results:
+        faults.update(r.faults)
+        proxy.update(r.proxy_injected)
+        skipped.update(r.skipped)
+    violations = sum(len(r.violations) for r in results)
+    lines = [f"  fault {k}: {faults[k]}" for k in FAULT_KINDS]
+    lines += [f"  proxy injected {k}: {v}" for k, v in sorted(proxy.items())]
+    if skipped:
+        lines += [f"  skipped {k}: {v} (no tmpfs: needs root and mount)" for k, v in sorted(skipped.items())]
+    lines += [
+        f"runs: {len(results)}",
+        f"faults injected: {sum(faults.values())}",
+        f"invariant violations: {violations}",
+    ]
+    return lines
+
+
+async def main_async(args: argparse.Namespace) -> list[RunResult]:
+    results = []
+    plane: ControlPlane | None = None
+    for i in range(args.runs):
+        seed = args.seed + i
+        run = Run(seed, args.window, args.faults, args.converge_within, plane)
+        result = await run.execute()
+        results.append(result)
+        print(
+            f"run {i + 1}/{args.runs} seed={seed} faults={sum(result.faults.values())} "
+            f"converged_in={result.converge_s:.1f}s samples={result.samples} "
+            f"violations={len(result.violations)}",
+            flush=True,
+        )
+        for v in result.violations:
+            print(f"  VIOLATION: {v}", flush=True)
+    return results
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="chaos", description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--window", type=float, default=90.0, help="seconds during which faults hit")
+    parser.add_argument("--faults", type=int, default=14, help="faults per run")
+    parser.add_argument("--converge-within", type=float, default=240.0)
+    parser.add_argument("--log-level", default="WARNING")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    results = asyncio.run(main_async(args))
+    for line in summary(results):
+        print(line, flush=True)
+    return 0 if all(not r.violations for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
