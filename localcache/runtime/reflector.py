@@ -404,9 +404,17 @@ class Reflector:
             reason = "closed"
             try:
                 try:
-                    async for etype, obj in stream:
-                        events += 1
-                        self._handle(etype, obj)
+                    batches = getattr(stream, "batches", None)
+                    if batches is not None:  # the real client's stream: one await per network read
+                        handle = self._handle
+                        async for batch in batches():
+                            for etype, obj in batch:
+                                events += 1
+                                handle(etype, obj)
+                    else:
+                        async for etype, obj in stream:
+                            events += 1
+                            self._handle(etype, obj)
                 except errors.Gone:
                     metrics.informer_watch_restarts_total.labels(self.gvk, "expired").inc()
                     return

@@ -237,3 +237,25 @@ async def test_discovery_is_cached_and_refreshed_on_miss(server: tuple[Recorder,
     with pytest.raises(errors.NotFound):
         await c.resource_for("example.com/v1", "Gadget")
     assert len(rec.requests) == 2, "one refresh on a miss"
+
+
+async def test_watch_batches_yield_events_before_an_error_then_raise(server: tuple[Recorder, Client]) -> None:
+    rec, c = server
+    lines = [
+        b'{"type":"ADDED","object":{"metadata":{"name":"a"}}}',
+        b'{"type":"MODIFIED","object":{"metadata":{"name":"a"}}}',
+        b'{"type":"ERROR","object":{"kind":"Status","code":410,"reason":"Expired"}}',
+        b'{"type":"ADDED","object":{"metadata":{"name":"never"}}}',
+    ]
+    rec.stream_chunks = [b"\n".join(lines) + b"\n"]
+    got: list[list[str]] = []
+    with pytest.raises(errors.Gone):
+        async with c.watch(CONFIGMAPS) as w:
+            async for batch in w.batches():
+                got.append([t for t, _ in batch])
+    assert got == [["ADDED", "MODIFIED"]]
+    rec.stream_chunks = [lines[0] + b"\n{not json\n"]
+    with pytest.raises(errors.ApiError, match="malformed"):
+        async with c.watch(CONFIGMAPS) as w:
+            async for _ in w.batches():
+                pass
