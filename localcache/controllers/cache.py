@@ -961,7 +961,13 @@ class CacheReconciler:
         meta = _meta(obj)
         finalizers = [*(meta.get("finalizers") or []), self.scope.finalizer]
         patch = {"metadata": {"finalizers": finalizers, "resourceVersion": meta.get("resourceVersion")}}
-        updated: Obj = await self.client.patch(self.scope.resource, _name(obj), patch, _ns(obj) or None)
+        try:
+            updated: Obj = await self.client.patch(self.scope.resource, _name(obj), patch, _ns(obj) or None)
+        except errors.Conflict:
+            fresh: Obj = await self.client.get(self.scope.resource, _name(obj), _ns(obj) or None)
+            if self.scope.finalizer in (_meta(fresh).get("finalizers") or []) and not _deleting(fresh):
+                return fresh  # someone (a previous leader) added it meanwhile
+            raise
         log.info("finalizer added", extra=self._extra(obj))
         return updated
 
