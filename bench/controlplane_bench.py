@@ -37,8 +37,10 @@ log(caches x nodes). Results go to ``bench/results/controlplane.json`` (``BENCH_
 rewritten after every scenario so a partial run keeps what it measured.
 
 Settings (environment): ``BENCH_SCALE`` (``small`` | ``medium`` | ``full`` | ``CxN[:mode],...``),
-``BENCH_IDLE_S`` (30), ``BENCH_SETTLE_S`` (10: pause between convergence and the idle window),
-``BENCH_TIMEOUT_S`` (900 per scenario), ``BENCH_KEEP=1`` (keep work directories).
+``BENCH_IDLE_S`` (30), ``BENCH_SETTLE_S`` (5: pause between convergence and the idle window),
+``BENCH_TIMEOUT_S`` (900 per scenario), ``BENCH_KEEP=1`` (keep work directories), ``BENCH_MERGE=1`` (keep the
+scenarios of the existing result file that this run does not repeat; each scenario records its own
+start time and load average).
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ import time
 import urllib.request
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -237,6 +239,8 @@ class Scrape:
     reconcile_errors: Counter[str] = field(default_factory=Counter)
     agent_models: Counter[str] = field(default_factory=Counter)  # status → gauge
     jobs_created: float = 0.0
+    request_bytes: float = 0.0  # rest_client_request_size_bytes_sum over verbs
+    response_bytes: float = 0.0  # rest_client_response_size_bytes_sum over verbs
 
     def reads(self) -> int:
         return int(sum(v for (m, _), v in self.requests.items() if m not in HTTP_WRITES))
@@ -262,6 +266,10 @@ def scrape(port: int) -> Scrape:
                 out.agent_models[labels.get("status", "")] += sample.value
             elif sample.name == "localcache_agent_download_jobs_created_total":
                 out.jobs_created += sample.value
+            elif sample.name == "rest_client_request_size_bytes_sum":
+                out.request_bytes += sample.value
+            elif sample.name == "rest_client_response_size_bytes_sum":
+                out.response_bytes += sample.value
     return out
 
 
@@ -273,6 +281,8 @@ def merge(scrapes: Iterable[Scrape]) -> Scrape:
         out.reconcile_errors.update(s.reconcile_errors)
         out.agent_models.update(s.agent_models)
         out.jobs_created += s.jobs_created
+        out.request_bytes += s.request_bytes
+        out.response_bytes += s.response_bytes
     return out
 
 
@@ -285,6 +295,8 @@ def delta(after: Scrape, before: Scrape) -> Scrape:
     )
     out.agent_models = after.agent_models
     out.jobs_created = after.jobs_created - before.jobs_created
+    out.request_bytes = after.request_bytes - before.request_bytes
+    out.response_bytes = after.response_bytes - before.response_bytes
     return out
 
 
@@ -334,6 +346,7 @@ class AuditEvent:
     user: str
     verb: str
     resource: str
+    code: int
 
 
 def _parse_ts(value: str) -> float:
@@ -364,6 +377,7 @@ def read_audit(path: Path) -> list[AuditEvent]:
                     (ev.get("user") or {}).get("username", ""),
                     ev.get("verb", ""),
                     resource or ev.get("requestURI", ""),
+                    int((ev.get("responseStatus") or {}).get("code") or 0),
                 )
             )
     return out
@@ -373,6 +387,8 @@ def read_audit(path: Path) -> list[AuditEvent]:
 class AuditCount:
     reads: int = 0
     writes: int = 0
+    conflicts: int = 0  # 409 answers: optimistic-concurrency writes that lost a race
+    refused: int = 0  # 401/403 answers
     by_key: Counter[str] = field(default_factory=Counter)  # "verb resource"
 
     @property
@@ -385,6 +401,10 @@ def count_audit(events: Sequence[AuditEvent], user: str, start: float, end: floa
     for ev in events:
         if ev.user != user or not start <= ev.at < end:
             continue
+        if ev.code == 409:
+            out.conflicts += 1
+        elif ev.code in (401, 403):
+            out.refused += 1
         if ev.verb in WRITE_VERBS:
             out.writes += 1
         else:
@@ -453,6 +473,7 @@ class Progress:
         self.lmn_complete: set[str] = set()
         self.lmn_reported: set[str] = set()
         self.lmn_downloaded: dict[str, int] = {}
+        self.lmn_entries: dict[str, int] = {}
         self.at: dict[str, float] = {}  # milestone → wall clock
         self.changed = asyncio.Event()
 
@@ -478,6 +499,7 @@ class Progress:
         statuses = (obj.get("status") or {}).get("modelStatus") or {}
         downloaded = sum(1 for k, v in statuses.items() if v == DOWNLOADED and k.startswith(CACHE_PREFIX))
         self.lmn_downloaded[name] = downloaded
+        self.lmn_entries[name] = len(models)
         if etype != "DELETED" and len(models) == self.caches:
             self.lmn_complete.add(name)
         else:
@@ -566,6 +588,8 @@ async def run_scenario(sc: Scenario, timeout_s: float, idle_s: float, settle_s: 
     bench_client: Client | None = None
     watchers: list[asyncio.Task[None]] = []
     t_start = time.monotonic()
+    out.put("loadavg_1m_at_start", os.getloadavg()[0], "load")
+    out.put("started_at_unix", int(time.time()), "s")
     try:
         await asyncio.to_thread(plane.start)
         say(f"{sc.name}: control plane up at {plane.url}; starting the manager and {sc.nodes} agents")
@@ -624,17 +648,25 @@ async def run_scenario(sc: Scenario, timeout_s: float, idle_s: float, settle_s: 
             )
         out.put("converged", int(converged), "bool")
         out.put("caches_converged", len(progress.converged), "caches")
+        out.put("entries_written", sum(progress.lmn_entries.values()), "(cache,node) pairs")
+        out.put("models_reported", sum(progress.lmn_downloaded.values()), "(cache,node) pairs")
+        out.put(
+            "pairs_reported_per_s", sum(progress.lmn_downloaded.values()) / max(1e-3, t_end - t0), "pairs/s"
+        )
         say(
             f"{sc.name}: converged={converged} in {t_end - t0:.1f}s "
             f"(specs {progress.at.get('lmn_specs_complete', 0) - t0:.1f}s, "
             f"agents {progress.at.get('agents_reported', 0) - t0:.1f}s)"
         )
 
-        # Quiet period: nothing changes, so nothing may be written.
-        await asyncio.sleep(settle_s)
-        idle0 = await snapshot(system)
-        await asyncio.sleep(idle_s)
-        idle1 = await snapshot(system)
+        # Quiet period: nothing changes, so nothing may be written (skipped if it never converged:
+        # the system is still working, and the idle figures would say nothing).
+        idle0 = idle1 = conv
+        if converged:
+            await asyncio.sleep(settle_s)
+            idle0 = await snapshot(system)
+            await asyncio.sleep(idle_s)
+            idle1 = await snapshot(system)
         system.check_processes()
         for task in watchers:
             task.cancel()
@@ -646,6 +678,7 @@ async def run_scenario(sc: Scenario, timeout_s: float, idle_s: float, settle_s: 
         await asyncio.to_thread(plane.stop)  # the audit log is complete once the API server stopped
         events = read_audit(audit_log)
         record(out, sc, base, conv, idle0, idle1, events, t0, t_end)
+        out.put("loadavg_1m_at_end", os.getloadavg()[0], "load")
         out.put("wall_s", time.monotonic() - t_start, "s")
         return out
     finally:
@@ -687,7 +720,11 @@ def record(
         out.put(f"{who}_writes", audit.writes, "requests")
         out.put(f"{who}_reads_per_cache", audit.reads / c, "requests/cache")
         out.put(f"{who}_writes_per_cache", audit.writes / c, "requests/cache")
+        out.put(f"{who}_conflicts", audit.conflicts, "requests")
+        out.put(f"{who}_refused", audit.refused, "requests")
         out.put(f"{who}_requests_metrics", metrics.reads() + metrics.writes(), "requests")
+        out.put(f"{who}_request_mib", metrics.request_bytes / MIB, "MiB")
+        out.put(f"{who}_response_mib", metrics.response_bytes / MIB, "MiB")
         agree = abs((metrics.reads() + metrics.writes()) - audit.total) <= max(2, 0.01 * audit.total)
         out.check(
             f"{who}_requests_metrics_match_audit",
@@ -714,6 +751,10 @@ def record(
 
     # Idle window: zero writes wanted, from either count.
     window = idle1.at - idle0.at
+    if window <= 0:
+        out.put("idle_window_s", None, "s")
+        record_metrics_checks(out, sc, base, conv, idle1, a_metrics)
+        return
     m_idle = count_audit(events, MANAGER_USER, idle0.at, idle1.at)
     a_idle = count_audit(events, AGENT_USER, idle0.at, idle1.at)
     m_idle_metrics = delta(idle1.manager, idle0.manager)
@@ -746,7 +787,14 @@ def record(
     out.put("idle_agent_cpu_percent_mean", 100 * sum(idle_cpu.values()) / max(1, len(idle_cpu)) / window, "%")
     out.put("idle_manager_cpu_percent", 100 * (idle1.manager_cpu - idle0.manager_cpu) / window, "%")
 
-    # The manager's and agents' own metrics against what the benchmark saw.
+    record_metrics_checks(out, sc, base, conv, idle1, a_metrics)
+
+
+def record_metrics_checks(
+    out: Outcome, sc: Scenario, base: Snapshot, conv: Snapshot, last: Snapshot, a_metrics: Scrape
+) -> None:
+    """The manager's and agents' own metrics against what the benchmark saw."""
+    c, pairs = sc.caches, sc.pairs
     reconciles = delta(conv.manager, base.manager).reconciles
     by_controller: Counter[str] = Counter()
     for (controller, _result), value in reconciles.items():
@@ -772,12 +820,16 @@ def record(
     }
     errors = sum(reconcile_errors.values())
     out.put("manager_reconcile_errors", errors, "errors")
-    downloaded = int(idle1.agents_total.agent_models.get(DOWNLOADED, 0))
+    downloaded = int(last.agents_total.agent_models.get(DOWNLOADED, 0))
+    seen = int(out.figures.get("models_reported", (pairs, ""))[0] or 0)
+    if not out.figures.get("converged", (0, ""))[0]:
+        out.details["agent_models_gauge"] = {"downloaded": downloaded, "watch_saw": seen}
+        return
     out.check(
         "agent_models_gauge_matches",
-        downloaded >= pairs,
+        downloaded == seen,
         f"sum of localcache_agent_models{{status=ModelDownloaded}} over agents = {downloaded}, "
-        f"benchmark saw {pairs} (cache, node) pairs",
+        f"the benchmark's watch saw {seen} (cache, node) pairs reported",
     )
     out.put("agent_jobs_created", a_metrics.jobs_created, "jobs")
 
@@ -786,6 +838,31 @@ def record(
 def add_rows(results: Results, outcome: Outcome) -> None:
     for metric, (value, unit) in outcome.figures.items():
         results.add(outcome.scenario.name, metric, value, unit)
+
+
+def previous_outcomes(path: Path, skip: set[str]) -> list[Outcome]:
+    """``BENCH_MERGE=1``: scenarios of an earlier run kept in the file (each carries its own start time
+    and load average), except those this run measures again."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    kept: dict[str, Outcome] = {}
+    for spec in doc.get("parameters", {}).get("scenario_specs", []):
+        sc = Scenario(spec["caches"], spec["nodes"], spec["mode"], spec["shipped_rbac"])
+        if sc.name not in skip:
+            kept[sc.name] = Outcome(sc)
+    for row in doc.get("results", []):
+        outcome = kept.get(row["scenario"])
+        if outcome is not None:
+            outcome.put(row["metric"], row["value"], row["unit"])
+    for chk in doc.get("checks", []):
+        if chk["scenario"] in kept:
+            kept[chk["scenario"]].checks.append(chk)
+    for name, details in (doc.get("details") or {}).items():
+        if name in kept:
+            kept[name].details = details
+    return list(kept.values())
 
 
 def add_scaling(results: Results, outcomes: Sequence[Outcome]) -> dict[str, float | None]:
@@ -803,6 +880,8 @@ def add_scaling(results: Results, outcomes: Sequence[Outcome]) -> dict[str, floa
         "agents_writes",
         "manager_cpu_s",
         "agents_cpu_s",
+        "manager_request_mib",
+        "agents_request_mib",
     ):
         ys = [float(o.figures.get(metric, (0, ""))[0] or 0) for o in done]
         slope = loglog_slope(xs, ys) if len(done) >= 2 else None
@@ -819,11 +898,14 @@ async def main() -> int:
     scale = os.environ.get("BENCH_SCALE", "full")
     scenarios = parse_scale(scale)
     idle_s = float(os.environ.get("BENCH_IDLE_S", "30"))
-    settle_s = float(os.environ.get("BENCH_SETTLE_S", "10"))
+    settle_s = float(os.environ.get("BENCH_SETTLE_S", "5"))
     timeout_s = float(os.environ.get("BENCH_TIMEOUT_S", "900"))
     keep = os.environ.get("BENCH_KEEP", "") == "1"
     out_path = Path(os.environ.get("BENCH_OUT", str(RESULTS_DIR / "controlplane.json")))
     outcomes: list[Outcome] = []
+    if os.environ.get("BENCH_MERGE", "") == "1":
+        outcomes = previous_outcomes(out_path, {sc.name for sc in scenarios})
+        say(f"merging with {len(outcomes)} scenarios kept from {out_path}")
     failures: list[str] = []
     started = time.monotonic()
     for sc in scenarios:
@@ -863,6 +945,7 @@ def write(
             "parameters": {
                 "scale": scale,
                 "scenarios": [o.scenario.name for o in outcomes],
+                "scenario_specs": [asdict(o.scenario) for o in outcomes],
                 "idle_window_s": idle_s,
                 "wall_s": round(time.monotonic() - started, 1),
                 "failed": list(failures),
