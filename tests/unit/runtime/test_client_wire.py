@@ -3,6 +3,7 @@
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -259,3 +260,23 @@ async def test_watch_batches_yield_events_before_an_error_then_raise(server: tup
         async with c.watch(CONFIGMAPS) as w:
             async for _ in w.batches():
                 pass
+
+
+async def test_in_cluster_config_is_picked_when_running_in_a_pod(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from kubernetes_asyncio.config import incluster_config
+
+    from localcache.testing.certs import TinyCA
+
+    token = tmp_path / "token"
+    token.write_text("sa-token")
+    ca = tmp_path / "ca.crt"
+    ca.write_bytes(TinyCA().cert_pem)
+    monkeypatch.setattr(incluster_config, "SERVICE_TOKEN_FILENAME", str(token))
+    monkeypatch.setattr(incluster_config, "SERVICE_CERT_FILENAME", str(ca))
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
+    async with await Client.from_config() as c:
+        assert c.host == "https://10.0.0.1:443"
+        assert (await c._headers())["authorization"] == "Bearer sa-token"
