@@ -35,7 +35,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--models-root", default="/mnt/models", help="the agent's mount of the host directory"
     )
     parser.add_argument(
-        "--host-path", default="/mnt/models", help="the host directory --models-root is mounted from"
+        "--host-path",
+        default=os.environ.get("LOCALCACHE_MODELS_HOST_PATH") or "/mnt/models",
+        help="the host directory --models-root is mounted from (default: $LOCALCACHE_MODELS_HOST_PATH, "
+        "which the DaemonSet sets from the same setting as its hostPath volume, else /mnt/models)",
     )
     parser.add_argument(
         "--config-namespace",

@@ -74,7 +74,7 @@ class Env:
     async def set_spec(self, *entries: dict[str, Any]) -> None:
         await self.client.patch(LOCAL_MODEL_NODES, self.node, {"spec": {"localModels": list(entries)}})
 
-    async def start(self, host_path: str = HOST_PATH, **opts: Any) -> None:
+    async def start(self, host_path: str = HOST_PATH, *, record_events: bool = False, **opts: Any) -> None:
         options = AgentOptions(
             node_name=self.node,
             models_root=self.root,
@@ -92,7 +92,8 @@ class Env:
             ),
             cache=agent_cache(self.client, options),
         )
-        build_agent(manager, options, initial_job_namespace=self.namespace)
+        recorder = manager.event_recorder("localcache-agent") if record_events else None
+        build_agent(manager, options, initial_job_namespace=self.namespace, recorder=recorder)
         self.managers.append((manager, asyncio.create_task(manager.run())))
 
     async def stop(self) -> None:

@@ -26,6 +26,7 @@ def load() -> ModuleType:
 def test_defaults_come_from_the_pod_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NODE_NAME", "gpu-node-7")
     monkeypatch.setenv("POD_NAMESPACE", "kserve-system")
+    monkeypatch.delenv("LOCALCACHE_MODELS_HOST_PATH", raising=False)
     args = load().parse_args([])
     assert args.node_name == "gpu-node-7"
     assert args.config_namespace == "kserve-system"
@@ -50,3 +51,9 @@ def test_missing_node_name_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> 
         AgentOptions(
             node_name="n", models_root=Path("/m"), host_path="/m", retry_base_seconds=10, retry_max_seconds=5
         )
+
+
+def test_host_path_from_the_daemonsets_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOCALCACHE_MODELS_HOST_PATH", "/var/lib/models")
+    assert load().parse_args([]).host_path == "/var/lib/models"
+    assert load().parse_args(["--host-path=/x"]).host_path == "/x"
