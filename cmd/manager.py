@@ -17,6 +17,7 @@ import sys
 from typing import Any
 
 from localcache.api.constants import DEFAULT_CONFIG_NAMESPACE
+from localcache.controllers.admission import register_admission
 from localcache.controllers.cache import consumers_available, setup_cache_controllers
 from localcache.controllers.nodegroup import setup_nodegroup_controller
 from localcache.runtime import Client
@@ -58,14 +59,16 @@ def disabled_webhooks(value: str) -> set[str]:
 
 
 # ==== WEBHOOK WIRING: the one place admission webhooks are registered ================================
-def register_webhooks(manager: Manager, server: WebhookServer, disabled: set[str]) -> list[str]:
-    """Register the admission webhooks (isvc / pod / validation modules) not in ``disabled``.
+def register_webhooks(
+    manager: Manager, server: WebhookServer, disabled: set[str], config_namespace: str
+) -> list[str]:
+    """Register the admission webhooks and the pod-gate controller not in ``disabled``.
 
-    Returns the names registered. None yet: ``localcache.controllers.admission.register_admission``
-    (manager, config_namespace=..., disabled=..., server=server) is to be called here.
+    Returns the webhook names registered on ``server`` (the pod-gate is a controller, not a webhook,
+    so it does not make the server start).
     """
-    del manager, server, disabled
-    return []
+    enabled = register_admission(manager, config_namespace=config_namespace, disabled=disabled, server=server)
+    return [name for name in enabled if name != "podgate"]
 
 
 # ======================================================================================================
@@ -89,7 +92,7 @@ async def run(args: argparse.Namespace) -> None:
         if webhook_server is not None:
             # Anything asking manager.webhook_server gets this one; it only runs if a webhook is registered.
             manager.options.webhook_server = webhook_server
-            registered = register_webhooks(manager, webhook_server, disabled)
+            registered = register_webhooks(manager, webhook_server, disabled, args.config_namespace)
             if registered:
                 manager.add(webhook_server)
                 manager.add_readyz_check("webhook", webhook_server.started_check)
