@@ -23,7 +23,7 @@ from localcache.runtime.client import Client
 from localcache.runtime.resources import EVENTS, PODS, SECRETS, Resource
 from localcache.testing.pytest_plugin import TestCluster
 from localcache.testing.wait import eventually
-from tests.integration.agent.test_agent_apiserver import HOST_PATH, URI, Env, env  # noqa: F401
+from tests.integration.agent.test_agent_apiserver import Env, env  # noqa: F401 (env is a fixture)
 
 pytestmark = pytest.mark.integration
 
