@@ -214,7 +214,7 @@ class ChaosSystem:
         if self.system is not None and self.system.sim is not None:
             pids += [pid for r in self.system.sim.runs.values() for pid in r.pids]
         if self.plane is not None:
-            pids += self.plane.pids()
+            pids += self.plane.pids
         return pids
 
     async def stop(self) -> None:

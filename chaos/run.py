@@ -438,6 +438,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # Sources and the proxy log every connection a killed client leaves behind: expected here.
+    for noisy in ("aiohttp.server", "aiohttp.access", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.CRITICAL)
     results = asyncio.run(main_async(args))
     for line in summary(results):
         print(line, flush=True)
