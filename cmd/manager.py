@@ -21,6 +21,7 @@ from localcache.controllers.admission import register_admission
 from localcache.controllers.cache import consumers_available, setup_cache_controllers
 from localcache.controllers.nodegroup import setup_nodegroup_controller
 from localcache.runtime import Client
+from localcache.runtime.logs import setup_logging
 from localcache.runtime.manager import Manager, ManagerOptions
 from localcache.runtime.webhook import WebhookServer
 
@@ -51,6 +52,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--max-concurrent-reconciles", type=int, default=4)
     parser.add_argument("--log-level", default=os.environ.get("LOCALCACHE_LOG_LEVEL", "INFO"))
+    parser.add_argument(
+        "--log-format", choices=("text", "json"), default=os.environ.get("LOCALCACHE_LOG_FORMAT", "text")
+    )
     return parser.parse_args(argv)
 
 
@@ -115,11 +119,7 @@ async def run(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    setup_logging(args.log_level, args.log_format)
     try:
         asyncio.run(run(args))
     except ValueError as exc:
