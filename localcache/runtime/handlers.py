@@ -17,6 +17,7 @@ and its predicates onto a :class:`SharedInformer`, unwrapping tombstones into
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Protocol
@@ -97,6 +98,7 @@ class InformerAdapter:
         self.handler = handler
         self.predicates = tuple(predicates)
         self.queue = queue
+        self._pending: set[asyncio.Future[None]] = set()
         self._async = inspect.iscoroutinefunction(
             getattr(handler, "fn", None)
         ) or inspect.iscoroutinefunction(handler.requests)
@@ -105,8 +107,18 @@ class InformerAdapter:
             self.on_update = self._on_update_async  # type: ignore[method-assign]
             self.on_delete = self._on_delete_async  # type: ignore[method-assign]
 
-    def _enqueue(self, reqs: Iterable[Request], priority: int) -> None:
+    def _enqueue(self, reqs: Iterable[Request] | Awaitable[Iterable[Request]], priority: int) -> None:
+        if inspect.isawaitable(reqs):
+            # a plain function that returned a coroutine: finish it without blocking the handler
+            task = asyncio.ensure_future(self._enqueue_later(reqs, priority))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+            return
         for r in reqs:
+            self.queue.add(r, priority)
+
+    async def _enqueue_later(self, reqs: Awaitable[Iterable[Request]], priority: int) -> None:
+        for r in await reqs:
             self.queue.add(r, priority)
 
     # events -> (pass?, object, priority)

@@ -142,3 +142,15 @@ async def test_adapter_with_async_map_function() -> None:
 def test_request_keys() -> None:
     assert Request("ns", "a").key == "ns/a" and Request("", "n").key == "n"
     assert Request.from_key("ns/a") == Request("ns", "a") and Request.from_key("n") == Request("", "n")
+
+
+async def test_adapter_with_plain_function_returning_a_coroutine() -> None:
+    q: WorkQueue[Request] = WorkQueue(clock=FakeClock())
+
+    async def lookup(o: Any) -> list[Request]:
+        return [Request("ns", "owner-of-" + o["metadata"]["name"])]
+
+    a = InformerAdapter(EnqueueRequestsFromMapFunc(lambda o: lookup(o)), [], q)
+    a.on_add(obj("p"), False)
+    await asyncio.gather(*a._pending)
+    assert [r.name for r, _ in drain(q)] == ["owner-of-p"]
