@@ -18,6 +18,9 @@ Runnable protocol (what a manager runs): ``async def start(self) -> None`` runs 
 
 A minimal controller::
 
+    from localcache.runtime import Builder, Client, InformerCache, Request, Result
+    from localcache.runtime.resources import CONFIGMAPS
+
     async with await Client.from_kubeconfig() as client:
         cache = InformerCache(client)
 
