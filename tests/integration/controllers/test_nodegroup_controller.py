@@ -85,6 +85,11 @@ async def test_group_usage_and_insufficient_storage(env: CacheEnv) -> None:
         return cond(await env.status(second), "InsufficientStorage").get("status") == "False"
 
     await eventually(fits, 20, what="InsufficientStorage cleared")
+
+    async def first_gone() -> bool:
+        return await env.get(LOCAL_MODEL_CACHES, first) is None
+
+    await eventually(first_gone, 20, what="first cache deleted")
     assert first not in await env.entries(a1)
 
     # the limit is lowered under the model: reported, but the copy already there is not deleted
