@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import os
 import sys
 from pathlib import Path
@@ -25,6 +24,7 @@ from localcache.controllers.downloadjob import (
 )
 from localcache.controllers.node import AgentOptions, agent_cache, build_agent, initial_job_namespace
 from localcache.runtime import Client
+from localcache.runtime.logs import setup_logging
 from localcache.runtime.manager import Manager, ManagerOptions
 
 
@@ -57,6 +57,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--job-tolerations", default="", help="JSON list of tolerations for download pods (default none)"
     )
     parser.add_argument("--log-level", default=os.environ.get("LOCALCACHE_LOG_LEVEL", "INFO"))
+    parser.add_argument(
+        "--log-format", choices=("text", "json"), default=os.environ.get("LOCALCACHE_LOG_FORMAT", "text")
+    )
     return parser.parse_args(argv)
 
 
@@ -101,11 +104,7 @@ async def run(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    setup_logging(args.log_level, args.log_format)
     try:
         asyncio.run(run(args))
     except ValueError as exc:
