@@ -74,5 +74,8 @@ bench-download: $(STAMP)
 bench-controlplane: $(STAMP) envtest
 	KUBEBUILDER_ASSETS=$${KUBEBUILDER_ASSETS:-$(ENVTEST_DIR)} $(PY) bench/controlplane_bench.py
 
+chaos: $(STAMP) envtest
+	KUBEBUILDER_ASSETS=$${KUBEBUILDER_ASSETS:-$(ENVTEST_DIR)} $(PY) -m chaos.run $(ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -18,6 +18,7 @@ import asyncio
 import json
 import logging
 import random
+import re
 import sys
 import time
 from collections import Counter
@@ -63,6 +64,7 @@ GROUP_NODES = ("kind-worker", "kind-worker2")
 HTTP_CACHE = "http-model"
 HTTP_CSC = "chaos-http"
 MiB = 1024 * 1024
+AGENT_UID = 1000
 
 #: Every fault kind; ``disk_full`` needs a tmpfs (root), else it is skipped and said so.
 FAULT_KINDS = (
@@ -89,6 +91,7 @@ class RunResult:
     proxy_injected: Counter[str] = field(default_factory=Counter)
     converge_s: float = 0.0
     samples: int = 0
+    leader_changes: int = 0
 
 
 def _csc() -> dict[str, Any]:
@@ -151,15 +154,17 @@ class Run:
             http_uri: {http_file.name: file_digests(http_dir)[http_file.name]},
         }
         # Files an admin left in the cache roots: never ours to delete.
+        # Owned by the agent's user, so only its own rules (not permissions) keep them alive.
         for node in GROUP_NODES:
             root = system.models_dir(node)
-            root.mkdir(parents=True, exist_ok=True)
             for rel in ("README-admin.txt", "admin-notes/keep.bin", "0123456789abcdef/not-a-model.txt"):
                 path = root / rel
                 path.parent.mkdir(parents=True, exist_ok=True)
                 content = f"{node}:{rel}:{self.seed}".encode()
                 path.write_bytes(content)
                 self.planted[path] = content
+                for owned in (root, path.parent, path):
+                    _chown_agent(owned)
         docs = [
             *guide_example("01-inferenceservice-config-localmodel.yaml"),
             *guide_example("02-hf-secret-and-serviceaccount.yaml"),
@@ -224,12 +229,11 @@ class Run:
                 return False
             self._later(rng.uniform(0.5, 4), lambda: chaos.restart(victim))
         elif kind == "leader_change":
-            before = await chaos.leader()
-            # The lease holder is one of the two; kill both in turn would stop all work, so kill the
-            # one whose log says it leads (the identity starts with the host name for both), else any.
-            victim = next((m for m in chaos.managers if m.alive and _leads(m)), None)
-            if before is None or victim is None or not chaos.kill(victim):
+            holder = await chaos.leader()
+            victim = next((m for m in chaos.managers if m.alive and _identity(m) == holder), None)
+            if holder is None or victim is None or not chaos.kill(victim):
                 return False
+            self._later(0, lambda: self._observe_new_leader(holder))
             self._later(rng.uniform(1, 4), lambda: chaos.restart(victim))
         elif kind == "agent_kill":
             node = rng.choice(sorted(system.agents))
@@ -259,6 +263,19 @@ class Run:
         else:
             raise ValueError(f"unknown fault kind {kind!r}")
         return True
+
+    async def _observe_new_leader(self, old: str, within: float = 45.0) -> None:
+        """Count a leader change once another manager holds the lease (the lease must expire first)."""
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            try:
+                holder = await self.chaos.leader()
+            except Exception:
+                holder = None
+            if holder and holder != old:
+                self.result.leader_changes += 1
+                return
+            await asyncio.sleep(0.5)
 
     async def faults_phase(self) -> None:
         kinds = list(FAULT_KINDS)
@@ -348,11 +365,18 @@ class Run:
         return [f"did not converge within {self.converge_within:.0f}s: {p}" for p in pending]
 
 
-def _leads(process: Any) -> bool:
-    """Whether a manager's log says it holds the lease most recently (acquired after any loss)."""
-    text = process.log_tail(400)
-    acquired = max(text.rfind("acquired"), text.rfind("became leader"))
-    return acquired >= 0 and acquired > text.rfind("lost")
+def _chown_agent(path: Path) -> None:
+    """Give ``path`` to the agent's user (uid/gid 1000, the DaemonSet's) when we run as root."""
+    import os
+
+    if os.geteuid() == 0:
+        os.chown(path, AGENT_UID, AGENT_UID)
+
+
+def _identity(process: Any) -> str | None:
+    """The leader-election identity a manager logged last (it changes with every start)."""
+    found = re.findall(r"attempting to acquire lease .*?identity=(\S+)", process.log_tail(2000))
+    return found[-1] if found else None
 
 
 def _fill(path: Path) -> None:
@@ -393,7 +417,9 @@ def summary(results: list[RunResult]) -> list[str]:
         proxy.update(r.proxy_injected)
         skipped.update(r.skipped)
     violations = sum(len(r.violations) for r in results)
+    leader_changes = sum(r.leader_changes for r in results)
     lines = [f"  fault {k}: {faults[k]}" for k in FAULT_KINDS]
+    lines.append(f"  leader changes observed: {leader_changes}")
     lines += [f"  proxy injected {k}: {v}" for k, v in sorted(proxy.items())]
     if skipped:
         lines += [f"  skipped {k}: {v} (no tmpfs: needs root and mount)" for k, v in sorted(skipped.items())]
