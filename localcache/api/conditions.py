@@ -42,6 +42,9 @@ class ConditionType:
     """At least one download is pending or running."""
     DEGRADED = "Degraded"
     """At least one download failed or a node is not ready."""
+    STORAGE_READY = "StorageReady"
+    """Nodes: the agent's pre-flight passed (its host path is its node groups' PV path and the models
+    directory is writable); the message carries the disk's used and available bytes."""
 
 
 class Condition(ApiModel):

@@ -2,7 +2,7 @@
 
 Field names, required fields, enums and the ``sourceModelUri`` immutability rule are KServe's
 (reference §1.1, §1.2). Added over KServe, all optional in status: ``conditions``,
-``observedGeneration`` and ``nodeStatusDetails`` (per-node time, bytes and error message).
+``observedGeneration`` and ``nodeStatusDetails`` (per-node time, bytes, failure reason and message).
 """
 
 from __future__ import annotations
@@ -122,6 +122,26 @@ class NodeStatusDetail(ApiModel):
     )
     bytes: int | None = Field(default=None, description="Bytes of the model on this node's disk.", ge=0)
     message: str | None = Field(default=None, description="Why the download failed or is waiting, if it is.")
+    reason: str | None = Field(
+        default=None,
+        description="Why the download failed on this node, in CamelCase (AuthFailed, NotFound, DiskFull, "
+        "ChecksumMismatch, Timeout, MarkerMissing, StorageSecretNotFound, ...; see "
+        "LocalModelNode.status.modelStatusDetails.reason); empty unless NodeDownloadError.",
+        max_length=1024,
+    )
+    total_bytes: int | None = Field(
+        default=None, description="Size of the whole model, when the node's agent knows it.", ge=0
+    )
+    start_time: KubeTime | None = Field(
+        default=None, description="When the current (or successful) download attempt on this node started."
+    )
+    completion_time: KubeTime | None = Field(
+        default=None, description="When the download on this node completed."
+    )
+    attempt: int | None = Field(default=None, description="The download attempt on this node, from 1.", ge=1)
+    next_attempt_time: KubeTime | None = Field(
+        default=None, description="When the node's agent retries a failed download."
+    )
 
 
 class LocalModelCacheStatus(ApiModel):
@@ -147,7 +167,7 @@ class LocalModelCacheStatus(ApiModel):
     )
     node_status_details: dict[str, NodeStatusDetail] | None = Field(
         default=None,
-        description="Added over KServe: per-node transition time, bytes on disk and error message.",
+        description="Added over KServe: per-node transition time, bytes on disk, failure reason and message.",
     )
 
 

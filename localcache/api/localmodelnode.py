@@ -2,7 +2,8 @@
 
 The object is named after the Kubernetes Node. ``spec.localModels`` has one entry per (cache, namespace);
 ``status.modelStatus`` is keyed by the status key (``name`` or ``namespace/name``). Added over KServe,
-all optional: ``status.modelStatusDetails`` and ``status.conditions``.
+all optional: ``status.modelStatusDetails`` (per model: reason, times, attempt, bytes), ``status.capacity``
+(the models disk) and ``status.conditions``.
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ from localcache.api.localmodelcache import LocalModelStorageSpec
 from localcache.api.naming import status_key, storage_key
 
 __all__ = [
+    "DownloadFailureReason",
     "LocalModelInfo",
     "LocalModelNode",
     "LocalModelNodeSpec",
     "LocalModelNodeStatus",
     "ModelStatus",
     "ModelStatusDetail",
+    "NodeCapacity",
 ]
 
 
@@ -36,6 +39,43 @@ class ModelStatus(StrEnum):
     DOWNLOADING = "ModelDownloading"
     DOWNLOADED = "ModelDownloaded"
     DOWNLOAD_ERROR = "ModelDownloadError"
+
+
+class DownloadFailureReason(StrEnum):
+    """Well-known values of ``ModelStatusDetail.reason``: why a model is not (yet) on this node.
+
+    The field stays a free string: a Job can fail for reasons nobody listed (e.g. a Kubernetes Job
+    condition reason), and a newer agent may add values; clients should treat unknown values as
+    "failed, see message". The first group is the download program's (``localcache.storage``
+    ``FailureReason``, also its exit codes), the rest the agent's own.
+    """
+
+    # The download program (docs/download.md, "Failure reasons and exit codes").
+    UNKNOWN = "Unknown"
+    INVALID_REQUEST = "InvalidRequest"
+    AUTH = "AuthFailed"
+    NOT_FOUND = "NotFound"
+    DISK_FULL = "DiskFull"
+    CHECKSUM_MISMATCH = "ChecksumMismatch"
+    TIMEOUT = "Timeout"
+    UNSAFE_PATH = "UnsafePath"
+    UNSUPPORTED = "Unsupported"
+    PERMISSION_DENIED = "PermissionDenied"
+    SOURCE_UNAVAILABLE = "SourceUnavailable"
+    # The agent: a Job that succeeded without writing the completion marker.
+    MARKER_MISSING = "MarkerMissing"
+    # The agent: credentials named by the cache that cannot be used (no Job is created).
+    STORAGE_SECRET_NOT_FOUND = "StorageSecretNotFound"
+    STORAGE_KEY_NOT_FOUND = "StorageKeyNotFound"
+    STORAGE_CONFIG_INVALID = "StorageConfigInvalid"
+    SERVICE_ACCOUNT_NOT_FOUND = "ServiceAccountNotFound"
+    SECRET_NOT_FOUND = "SecretNotFound"
+    SECRET_KEY_NOT_FOUND = "SecretKeyNotFound"
+    # The agent: this node cannot download at all (no Job is created).
+    NODE_GROUP_NOT_FOUND = "NodeGroupNotFound"
+    HOST_PATH_MISMATCH = "HostPathMismatch"
+    STORAGE_NOT_WRITABLE = "StorageNotWritable"
+    CONFIG_INVALID = "ConfigInvalid"
 
 
 class LocalModelInfo(ApiModel):
@@ -78,10 +118,69 @@ class ModelStatusDetail(ApiModel):
     storage_key: str | None = Field(
         default=None, description="The folder under <root>/models holding the model."
     )
-    bytes: int | None = Field(default=None, description="Bytes of the model on disk.", ge=0)
-    message: str | None = Field(default=None, description="Why the download failed or is waiting, if it is.")
+    bytes: int | None = Field(
+        default=None,
+        description="Bytes of the model on disk: the whole model once downloaded, the bytes transferred so "
+        "far while downloading (published at most every 30 s, and only after a 5% move).",
+        ge=0,
+    )
+    total_bytes: int | None = Field(
+        default=None,
+        description="Size of the whole model: exact once downloaded; while downloading, the download "
+        "program's preallocated size (absent until known). Progress is bytes / totalBytes.",
+        ge=0,
+    )
+    message: str | None = Field(
+        default=None, description="Human-readable state: why the download failed or is waiting, if it is."
+    )
+    reason: str | None = Field(
+        default=None,
+        description="Why the model is in ModelDownloadError, in CamelCase; empty otherwise. From the "
+        "download program: AuthFailed, NotFound, DiskFull, ChecksumMismatch, Timeout, UnsafePath, "
+        "Unsupported, PermissionDenied, SourceUnavailable, InvalidRequest, Unknown. From the agent: "
+        "MarkerMissing, StorageSecretNotFound, StorageKeyNotFound, StorageConfigInvalid, "
+        "ServiceAccountNotFound, SecretNotFound, SecretKeyNotFound, NodeGroupNotFound, HostPathMismatch, "
+        "StorageNotWritable, ConfigInvalid. Other values (e.g. a Job condition reason such as "
+        "BackoffLimitExceeded) are possible: treat unknown ones as a failure and read message.",
+        max_length=1024,
+    )
     job_name: str | None = Field(
         default=None, description="The download Job that produced this state, if any."
+    )
+    start_time: KubeTime | None = Field(
+        default=None,
+        description="When the current (or, once downloaded, the successful) download attempt started.",
+    )
+    completion_time: KubeTime | None = Field(
+        default=None, description="When the download completed; set only in ModelDownloaded."
+    )
+    attempt: int | None = Field(
+        default=None,
+        description="The download attempt this state belongs to, from 1; failed attempts are retried "
+        "with exponential backoff.",
+        ge=1,
+    )
+    next_attempt_time: KubeTime | None = Field(
+        default=None,
+        description="When the agent retries a failed download; set only in ModelDownloadError while a "
+        "retry is scheduled.",
+    )
+
+
+class NodeCapacity(ApiModel):
+    """Added over KServe: the file system holding the node's models directory, as statvfs sees it.
+
+    Published at most every 30 s, and only after usedBytes moved by 5% of totalBytes.
+    """
+
+    total_bytes: int | None = Field(default=None, description="Size of the file system.", ge=0)
+    used_bytes: int | None = Field(
+        default=None,
+        description="Bytes in use on the file system (by models and anything else stored there).",
+        ge=0,
+    )
+    available_bytes: int | None = Field(
+        default=None, description="Bytes an unprivileged writer (the download Job) can still use.", ge=0
     )
 
 
@@ -92,11 +191,17 @@ class LocalModelNodeStatus(ApiModel):
         default=None, description="Download state per model, keyed by name (cluster) or namespace/name."
     )
     model_status_details: dict[str, ModelStatusDetail] | None = Field(
-        default=None, description="Added over KServe: per-model transition time, bytes and error message."
+        default=None,
+        description="Added over KServe: per-model failure reason, message, start/completion times, attempt, "
+        "next retry and bytes.",
+    )
+    capacity: NodeCapacity | None = Field(
+        default=None,
+        description="Added over KServe: total, used and available bytes of the disk holding the models.",
     )
     conditions: list[Condition] | None = Field(
         default=None,
-        description="Added over KServe: Ready, Downloading and Degraded conditions.",
+        description="Added over KServe: Ready, Downloading, Degraded and StorageReady conditions.",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
 
