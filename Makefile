@@ -29,14 +29,14 @@ envtest:
 	@hack/envtest/build.sh
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check localcache tests e2e cmd bench
-	$(VENV)/bin/ruff format --check localcache tests e2e cmd bench
+	$(VENV)/bin/ruff check localcache tests e2e cmd bench examples chaos
+	$(VENV)/bin/ruff format --check localcache tests e2e cmd bench examples chaos
 	$(VENV)/bin/lint-imports
 	@if [ -f localcache/api/crdgen.py ]; then $(PY) -m localcache.api.crdgen --check manifests/crds; fi
 
 fmt: $(STAMP)
-	$(VENV)/bin/ruff check --fix localcache tests e2e cmd bench
-	$(VENV)/bin/ruff format localcache tests e2e cmd bench
+	$(VENV)/bin/ruff check --fix localcache tests e2e cmd bench examples chaos
+	$(VENV)/bin/ruff format localcache tests e2e cmd bench examples chaos
 
 unit: $(STAMP)
 	$(PY) -m pytest tests/unit -q
