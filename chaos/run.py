@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from chaos.harness import ChaosSystem
+from chaos.hostile import hostile_edits
 from chaos.invariants import (
     CacheSpec,
     Monitor,
@@ -92,6 +93,7 @@ class RunResult:
     converge_s: float = 0.0
     samples: int = 0
     leader_changes: int = 0
+    unconsumed: int = 0
 
 
 def _csc() -> dict[str, Any]:
@@ -124,8 +126,18 @@ def _http_cache(uri: str) -> dict[str, Any]:
 class Run:
     """One seeded run."""
 
-    def __init__(self, seed: int, window: float, faults: int, converge_within: float, plane: Any) -> None:
+    def __init__(
+        self,
+        seed: int,
+        window: float,
+        faults: int,
+        converge_within: float,
+        plane: Any,
+        *,
+        hostile_edits: bool = True,
+    ) -> None:
         self.seed = seed
+        self.hostile_edits = hostile_edits
         self.rng = random.Random(seed)
         self.window = window
         self.n_faults = faults
@@ -142,7 +154,7 @@ class Run:
         await self.chaos.start()
         system = self.chaos.system
         assert system is not None and system.client is not None
-        system.hub.rate = 8 * MiB  # slow enough that kills and faults land mid-file
+        system.hub.rate = 4 * MiB  # slow enough that kills and faults land mid-file
         http_dir = system.http_root / "chaos"
         generate_model(http_dir, shards=1, shard_bytes=12 * MiB, seed=self.seed)
         http_file = next(p for p in http_dir.iterdir() if p.is_file() and p.suffix == ".safetensors")
@@ -184,6 +196,7 @@ class Run:
         ]
 
     async def create_caches(self) -> None:
+        """Each cache at a seeded moment in the first half of the window, so faults meet downloads."""
         system = self.chaos.system
         assert system is not None and system.client is not None
         docs = [
@@ -192,8 +205,13 @@ class Run:
             _http_cache(self.caches[2].uri),
             *guide_example("11-local-model-namespace-cache.yaml"),
         ]
-        for doc in docs:  # the API server may be restarting: retry each apply until it lands
+        at = sorted(self.rng.uniform(0, self.window / 2) for _ in docs)
+        t0 = time.monotonic()
+        for when, doc in zip(at, docs, strict=True):
+            await asyncio.sleep(max(0.0, t0 + when - time.monotonic()))
+            # The API server may be restarting: retry each apply until it lands.
             await _retry(lambda d=doc: apply_documents(system.client, [d]), what=f"apply {doc['kind']}")
+            log.info("cache created kind=%s name=%s at=%.1fs", doc["kind"], doc["metadata"]["name"], when)
 
     # ---- faults ----------------------------------------------------------------------------
     def _later(self, delay: float, fn: Callable[[], Any]) -> None:
@@ -241,9 +259,10 @@ class Run:
                 return False
             self._later(rng.uniform(0.5, 4), lambda: chaos.restart_agent(node))
         elif kind == "download_kill":
-            runs = chaos.running_downloads()
+            runs = await _wait_for_downloads(chaos, within=10)
             if not runs:
                 return False
+            await asyncio.sleep(rng.uniform(0, 1))  # mid-file, not at its first byte
             return chaos.kill_download(rng.choice(runs))
         elif kind == "source_corrupt":
             system.hub.faults[(MINILM_REPO, "model.safetensors")] = HubFault(
@@ -312,10 +331,16 @@ class Run:
             await creator
             await asyncio.gather(*self._pending, return_exceptions=True)
             self.chaos.proxy.clear()  # type: ignore[union-attr]
+            self.result.unconsumed = len(system.hub.faults) + len(system.http.faults)
+            system.hub.faults.clear()
+            system.http.faults.clear()
             self.chaos.ensure_running()
             t0 = time.monotonic()
             not_converged = await self.converge()
             self.result.converge_s = time.monotonic() - t0
+            if not not_converged and self.hostile_edits:
+                self.result.violations += await hostile_edits(self.chaos, self.caches)
+                self.result.violations += await self.converge()
             await monitor.stop()
             self.result.samples = monitor.samples
             self.result.violations += not_converged + monitor.violations
@@ -373,6 +398,16 @@ def _chown_agent(path: Path) -> None:
         os.chown(path, AGENT_UID, AGENT_UID)
 
 
+async def _wait_for_downloads(chaos: ChaosSystem, within: float) -> list[Any]:
+    """Running download pods, waiting up to ``within`` seconds for one to start."""
+    deadline = time.monotonic() + within
+    runs = chaos.running_downloads()
+    while not runs and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+        runs = chaos.running_downloads()
+    return runs
+
+
 def _identity(process: Any) -> str | None:
     """The leader-election identity a manager logged last (it changes with every start)."""
     found = re.findall(r"attempting to acquire lease .*?identity=(\S+)", process.log_tail(2000))
@@ -418,8 +453,10 @@ def summary(results: list[RunResult]) -> list[str]:
         skipped.update(r.skipped)
     violations = sum(len(r.violations) for r in results)
     leader_changes = sum(r.leader_changes for r in results)
+    unconsumed = sum(r.unconsumed for r in results)
     lines = [f"  fault {k}: {faults[k]}" for k in FAULT_KINDS]
     lines.append(f"  leader changes observed: {leader_changes}")
+    lines.append(f"  source faults armed but never hit (no download asked): {unconsumed}")
     lines += [f"  proxy injected {k}: {v}" for k, v in sorted(proxy.items())]
     if skipped:
         lines += [f"  skipped {k}: {v} (no tmpfs: needs root and mount)" for k, v in sorted(skipped.items())]
