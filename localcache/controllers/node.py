@@ -36,10 +36,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
@@ -68,6 +69,7 @@ from localcache.api.constants import (
     MODELS_DIR,
 )
 from localcache.api.core import JobStatus
+from localcache.api.localmodelnode import NodeCapacity
 from localcache.api.naming import job_status_key
 from localcache.config import ConfigError, InferenceServiceConfig, parse_config
 from localcache.controllers.credentials import (
@@ -89,6 +91,7 @@ from localcache.runtime import SYSTEM_CLOCK, ApiError, Clock, Conflict, NotFound
 from localcache.runtime.reconcile import Request, Result
 from localcache.runtime.resources import CONFIGMAPS, JOBS, NODES, PODS, Resource
 from localcache.storage import FailureReason, parse_error_line, read_marker
+from localcache.storage.layout import STAGING_NAME, STATE_DIR
 
 __all__ = [
     "CLUSTER_STORAGE_CONTAINERS",
@@ -123,7 +126,7 @@ DISK_BYTES = Gauge("localcache_agent_disk_bytes", "The models root's file system
 STORAGE_READY_GAUGE = Gauge("localcache_agent_storage_ready", "1 when the pre-flight checks pass.")
 
 #: Condition type added by the agent: the pre-flight outcome, with the disk's capacity in its message.
-STORAGE_READY = "StorageReady"
+STORAGE_READY = ConditionType.STORAGE_READY
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 #: A Job pending longer than this gets its pod's scheduling / image-pull problem in the status message.
 PENDING_GRACE_SECONDS = 60.0
@@ -191,12 +194,27 @@ class _Outcome:
     bytes: int | None = None
     active: bool = False
     wake_in: float | None = None
+    reason: str | None = None
+    total_bytes: int | None = None
+    start_time: datetime | None = None
+    completion_time: datetime | None = None
+    attempt: int | None = None
+    next_attempt_time: datetime | None = None
 
 
 @dataclass
 class _Published:
     value: int
     at: float
+    total: int | None = None
+
+
+def _parse(raw: Any) -> datetime | None:
+    if isinstance(raw, datetime):
+        return raw
+    with contextlib.suppress(TypeError, ValueError):
+        return parse_time(raw) if raw else None
+    return None
 
 
 def _human(n: float) -> str:
@@ -226,6 +244,61 @@ def _folder_bytes(path: Path) -> int:
         except OSError:
             continue
     return total
+
+
+def _state_progress(state_dir: Path) -> tuple[int, int] | None:
+    """``(bytes transferred, bytes of the files whose size is known)`` from the download program's
+    per-file resume state (docs/download.md, "Resume"), or None when there is none yet.
+
+    The program preallocates every file to its full size before transferring, so bytes on disk say
+    how big the model is, not how far the download got; the resume state records completed ranges and
+    bytes written into unfinished ones. It is saved when a range completes, so the figure trails the
+    truth by at most one range per connection. Read defensively: the format is the program's own.
+    """
+    try:
+        paths = [p for p in state_dir.iterdir() if p.suffix == ".json"]
+    except OSError:
+        return None
+    done = known = 0
+    found = False
+    for path in paths:
+        try:
+            state = json.loads(path.read_text())
+            ranges = [(int(a), None if b is None else int(b)) for a, b in state.get("range_size") or []]
+            size = state.get("size")
+            if state.get("verified") is not None:
+                file_done = int(state.get("final_size") or size or 0)
+            else:
+                finished = {int(i) for i in state.get("done") or []}
+                file_done = sum(b - a for i, (a, b) in enumerate(ranges) if i in finished and b is not None)
+                file_done += sum(int(v) for v in (state.get("partial") or {}).values())
+        except (OSError, ValueError, TypeError, AttributeError):
+            continue
+        found = True
+        done += max(0, file_done)
+        if isinstance(size, int) and size >= 0:
+            known += size
+    return (done, known) if found else None
+
+
+def _download_progress(folder: Path) -> tuple[int, int | None]:
+    """``(bytes so far, total bytes or None)`` of an unfinished download into ``folder``.
+
+    Total: the bytes allocated in the staging directory (the program preallocates each file), or the
+    sizes its resume state knows, whichever is larger. So far: the resume state's figure when there
+    is one, else the bytes on disk (a program that does not preallocate or keep state).
+    """
+    on_disk = _folder_bytes(folder)
+    staging = [folder / STAGING_NAME, folder.parent / f".{folder.name}{STAGING_NAME}"]
+    for root in staging:
+        progress = _state_progress(root / STATE_DIR)
+        if progress is None:
+            continue
+        done, known = progress
+        allocated = _folder_bytes(root) - _folder_bytes(root / STATE_DIR)
+        total = max(allocated, known, done)
+        return done, total or None
+    return on_disk, None
 
 
 def _created(job: Mapping[str, Any]) -> tuple[str, str]:
@@ -285,8 +358,9 @@ class NodeAgent:
         self._pending_since: dict[str, float] = {}  # pending Job uid → first seen pending (monotonic)
         self._pending_text: dict[str, tuple[float, str]] = {}  # pending Job uid → (looked at, why)
         self._failure_text: dict[str, tuple[str, str]] = {}  # failed Job uid → (reason, message)
+        self._retry_at: dict[str, datetime] = {}  # failed Job uid → when it is retried (wall clock)
         self._progress: dict[str, _Published] = {}
-        self._capacity: tuple[_Published, int, int] | None = None  # (used, total, available)
+        self._disk: tuple[_Published, int, int] | None = None  # (used, total, available), as published
         self._preflight_key: tuple[Any, ...] | None = None
         self._preflight: PreflightResult | None = None
         self.last_preflight: PreflightResult | None = None
@@ -435,13 +509,19 @@ class NodeAgent:
     def _blocked(self, marker: Any, pre: PreflightResult) -> _Outcome:
         if marker is not None:
             return self._downloaded(marker, None)
-        return _Outcome(ModelStatus.DOWNLOAD_ERROR, _clip(f"{pre.reason}: {pre.message}"))
+        return _Outcome(ModelStatus.DOWNLOAD_ERROR, _clip(f"{pre.reason}: {pre.message}"), reason=pre.reason)
 
     def _jobs_by_key(self, namespace: str, lmn: LocalModelNode) -> dict[str, list[dict[str, Any]]]:
         listed = self.cache.list(JOBS, namespace, label_selector=self.options.job_label_selector)
         present_uids = {_job_uid(j) for j in listed}
         self._deleted &= present_uids
-        for memory in (self._failed_seen, self._failure_text, self._pending_since, self._pending_text):
+        for memory in (
+            self._failed_seen,
+            self._failure_text,
+            self._retry_at,
+            self._pending_since,
+            self._pending_text,
+        ):
             for uid in [u for u in memory if u not in present_uids]:
                 del memory[uid]
         by_status_key = {info.status_key: info.storage_key for info in lmn.spec.local_models}
@@ -487,29 +567,35 @@ class NodeAgent:
             self._backoff.pop(sk, None)
             self._previous_failure.pop(sk, None)
 
-    def _downloaded(self, marker: Any, job_name: str | None) -> _Outcome:
+    def _downloaded(self, marker: Any, job: Mapping[str, Any] | None) -> _Outcome:
         completed = format_time(marker.completed_at)
         started = format_time(marker.started_at)
         return _Outcome(
             ModelStatus.DOWNLOADED,
             f"downloaded {_human(marker.total_bytes)} in {len(marker.files)} files; "
             f"started {started}, completed {completed} ({marker.duration_s:.0f}s)",
-            job_name=job_name,
+            job_name=_job_name(job) if job else None,
             bytes=marker.total_bytes,
+            total_bytes=marker.total_bytes,
+            start_time=marker.started_at,
+            completion_time=marker.completed_at,
+            attempt=job_attempt(dict(job)) if job else None,
         )
 
-    def _published_bytes(self, sk: str, measured: int) -> int:
-        """Rate limit: a new figure at most every interval, and only after a 5 % move."""
+    def _published_bytes(self, sk: str, measured: int, total: int | None) -> tuple[int, int | None]:
+        """Rate limit: a new ``(bytes, total)`` at most every interval, and only after a 5 % move
+        (of the total when known, else of the last figure)."""
         now = self.clock.monotonic()
         last = self._progress.get(sk)
         if last is None:
-            self._progress[sk] = _Published(measured, now)
-            return measured
-        moved = abs(measured - last.value) >= max(1, last.value) * self.options.progress_min_change
-        if now - last.at >= self.options.progress_interval_seconds and moved:
-            self._progress[sk] = _Published(measured, now)
-            return measured
-        return last.value
+            self._progress[sk] = _Published(measured, now, total)
+            return measured, total
+        base = last.total or max(1, last.value)
+        moved = abs(measured - last.value) >= base * self.options.progress_min_change
+        if now - last.at >= self.options.progress_interval_seconds and (moved or total != last.total):
+            self._progress[sk] = _Published(measured, now, total)
+            return measured, total
+        return last.value, last.total
 
     async def _model(
         self,
@@ -533,12 +619,12 @@ class NodeAgent:
             self._progress.pop(sk, None)
             self._backoff.pop(sk, None)
             self._previous_failure.pop(sk, None)
-            return self._downloaded(marker, _job_name(latest) if latest else None)
+            return self._downloaded(marker, latest)
         if latest is None:
             attempt, due, waiting = self._backoff.get(sk, (0, 0.0, None))
             due_in = due - self.clock.monotonic()
             if waiting is not None and due_in > 0:
-                return _Outcome(waiting.status, waiting.message, waiting.job_name, wake_in=due_in)
+                return replace(waiting, wake_in=due_in)
             previous = waiting.message.split(" (Job ", 1)[0] if waiting is not None else None
             return await self._start(
                 sk, info, cfg, namespace, lmn, members, obj, attempt=attempt + 1, previous=previous
@@ -551,14 +637,16 @@ class NodeAgent:
             # A failed pod inside the backoff limit is the Job retrying, not a failed download (§8.B-13).
             if state != ModelStatus.DOWNLOAD_PENDING:
                 state = ModelStatus.DOWNLOADING
-            measured = await asyncio.to_thread(_folder_bytes, folder)
-            shown = self._published_bytes(sk, measured)
+            measured, total = await asyncio.to_thread(_download_progress, folder)
+            shown, total = self._published_bytes(sk, measured, total)
             since = status.start_time or (latest.get("metadata") or {}).get("creationTimestamp") or "?"
             verb = "running" if state == ModelStatus.DOWNLOADING else "pending"
-            message = (
-                f"download Job {name} {verb} since {since} (attempt {job_attempt(latest)}); "
-                f"{_human(shown)} on disk"
+            done = (
+                f"{_human(shown)} of {_human(total)} ({100.0 * shown / total:.0f}%)"
+                if total
+                else (f"{_human(shown)} on disk")
             )
+            message = f"download Job {name} {verb} since {since} (attempt {job_attempt(latest)}); {done}"
             if state == ModelStatus.DOWNLOAD_PENDING:
                 stuck = await self._pending_reason(latest, namespace)
                 if stuck:
@@ -571,6 +659,9 @@ class NodeAgent:
                 job_name=name,
                 bytes=shown,
                 active=True,
+                total_bytes=total,
+                start_time=_parse(since),
+                attempt=job_attempt(latest),
             )
         if state == ModelStatus.DOWNLOADED:  # Complete, yet no marker: not a finished model
             reason, detail = (
@@ -621,12 +712,24 @@ class NodeAgent:
         delay = min(self.options.retry_base_seconds * 2 ** (attempt - 1), self.options.retry_max_seconds)
         due_in = self._failed_seen[uid] + delay - now
         if due_in > 0:
-            retry_at = format_time(self.clock.now() + timedelta(seconds=due_in))
+            # Fixed once per failed Job: recomputing it from two clocks on every pass would let the
+            # rounded second wobble and rewrite the status for nothing.
+            retry_time = self._retry_at.setdefault(
+                uid, (self.clock.now() + timedelta(seconds=due_in)).replace(microsecond=0)
+            )
+            retry_at = format_time(retry_time)
+            job_status = job.get("status") or {}
             outcome = _Outcome(
                 ModelStatus.DOWNLOAD_ERROR,
                 _clip(f"{reason}: {detail} (Job {name}, attempt {attempt}; next attempt at {retry_at})"),
                 job_name=name,
                 wake_in=due_in,
+                reason=reason,
+                start_time=_parse(
+                    job_status.get("startTime") or (job.get("metadata") or {}).get("creationTimestamp")
+                ),
+                attempt=attempt,
+                next_attempt_time=retry_time,
             )
             self._backoff[sk] = (attempt, now + due_in, outcome)
             return outcome
@@ -634,6 +737,7 @@ class NodeAgent:
         await self._delete_job(job, namespace, f"retrying after {reason} (attempt {attempt})")
         self._failed_seen.pop(uid, None)
         self._failure_text.pop(uid, None)
+        self._retry_at.pop(uid, None)
         return await self._start(
             sk, info, cfg, namespace, lmn, members, obj, attempt=attempt + 1, previous=f"{reason}: {detail}"
         )
@@ -749,6 +853,7 @@ class NodeAgent:
                 ModelStatus.DOWNLOAD_ERROR,
                 f"NodeGroupNotFound: the entry names no nodeGroup and no LocalModelNodeGroup's PV "
                 f"nodeAffinity matches node {self.node_name}",
+                reason="NodeGroupNotFound",
             )
         csc = select_storage_container(await self._storage_containers(), info.source_model_uri)
         credentials = None
@@ -762,7 +867,9 @@ class NodeAgent:
                     exc.message,
                     extra={"model": info.status_key, "reason": exc.reason},
                 )
-                return _Outcome(ModelStatus.DOWNLOAD_ERROR, _clip(f"{exc.reason}: {exc.message}"))
+                return _Outcome(
+                    ModelStatus.DOWNLOAD_ERROR, _clip(f"{exc.reason}: {exc.message}"), reason=exc.reason
+                )
         body = build_download_job(
             info=info,
             node_name=self.node_name,
@@ -800,29 +907,41 @@ class NodeAgent:
         if previous:
             self._previous_failure[sk] = previous
             message += f"; previous attempt failed: {previous}"
-        return _Outcome(ModelStatus.DOWNLOAD_PENDING, _clip(message), job_name=name, bytes=None, active=True)
+        return _Outcome(
+            ModelStatus.DOWNLOAD_PENDING,
+            _clip(message),
+            job_name=name,
+            bytes=None,
+            active=True,
+            start_time=_parse((created.get("metadata") or {}).get("creationTimestamp"))
+            or self.clock.now().replace(microsecond=0),
+            attempt=attempt,
+        )
 
     # --- status --------------------------------------------------------------------------------------
-    def _capacity_text(self) -> str:
+    def _capacity(self) -> tuple[NodeCapacity | None, str]:
+        """The models disk's capacity as published (rate-limited like progress) and as text."""
         try:
             st = os.statvfs(self.options.models_root)
         except OSError as exc:
-            return f"disk capacity unknown ({exc.strerror or exc})"
+            self._disk = None
+            return None, f"disk capacity unknown ({exc.strerror or exc})"
         total = st.f_blocks * st.f_frsize
         available = st.f_bavail * st.f_frsize
         used = total - st.f_bfree * st.f_frsize
         for kind, value in (("total", total), ("used", used), ("available", available)):
             DISK_BYTES.labels(kind).set(value)
         now = self.clock.monotonic()
-        last = self._capacity
+        last = self._disk
         if last is None or (
             now - last[0].at >= self.options.progress_interval_seconds
             and abs(used - last[0].value) >= max(1, total) * self.options.progress_min_change
         ):
-            self._capacity = (_Published(used, now), total, available)
-        published, total, available = self._capacity  # type: ignore[misc]
+            self._disk = (_Published(used, now), total, available)
+        published, total, available = self._disk  # type: ignore[misc]
         pct = 100.0 * published.value / total if total else 0.0
-        return (
+        capacity = NodeCapacity(total_bytes=total, used_bytes=published.value, available_bytes=available)
+        return capacity, (
             f"disk: {_human(published.value)} used of {_human(total)} ({pct:.0f}%), "
             f"{_human(available)} available"
         )
@@ -852,8 +971,14 @@ class NodeAgent:
                 last_transition_time=since,
                 storage_key=sk,
                 bytes=outcome.bytes,
+                total_bytes=outcome.total_bytes,
                 message=outcome.message or None,
+                reason=outcome.reason if outcome.status == ModelStatus.DOWNLOAD_ERROR else None,
                 job_name=outcome.job_name,
+                start_time=outcome.start_time,
+                completion_time=outcome.completion_time if outcome.status == ModelStatus.DOWNLOADED else None,
+                attempt=outcome.attempt,
+                next_attempt_time=outcome.next_attempt_time,
             )
         values = list(model_status.values())
         for state in (m for m in ModelStatus if m):
@@ -864,7 +989,8 @@ class NodeAgent:
         done = sum(v == ModelStatus.DOWNLOADED for v in values)
         gen = lmn.generation
         conditions = old.conditions
-        storage_msg = pre.message if not pre.ok else f"{pre.message}; {self._capacity_text()}"
+        capacity, capacity_text = self._capacity()
+        storage_msg = pre.message if not pre.ok else f"{pre.message}; {capacity_text}"
         conditions, _ = set_condition(
             conditions,
             STORAGE_READY,
@@ -910,7 +1036,7 @@ class NodeAgent:
             now=now,
         )
         return LocalModelNodeStatus(
-            model_status=model_status, model_status_details=details, conditions=conditions
+            model_status=model_status, model_status_details=details, capacity=capacity, conditions=conditions
         )
 
     async def _write_status(
