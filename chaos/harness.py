@@ -50,6 +50,10 @@ def _replace_flag(argv: list[str], flag: str, value: str) -> list[str]:
     return out
 
 
+def _flag_port(argv: list[str], flag: str) -> int:
+    return int(next(a for a in reversed(argv) if a.startswith(f"{flag}=")).split("=", 1)[1])
+
+
 def can_mount_tmpfs() -> bool:
     """Whether this process may mount a tmpfs (root in a container that allows it)."""
     if os.geteuid() != 0:
@@ -66,6 +70,49 @@ def can_mount_tmpfs() -> bool:
     finally:
         with contextlib.suppress(OSError):
             probe.rmdir()
+
+
+class TcpBalancer:
+    """A Service in front of the managers' webhook ports: each connection goes to the first backend
+    that accepts it, so admission works while any manager runs (as a Service with two ready pods)."""
+
+    def __init__(self, backends: list[int]) -> None:
+        self.backends = backends
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> int:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = int(self._server.sockets[0].getsockname()[1])
+        return self.port
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream = None
+        for port in self.backends:
+            with contextlib.suppress(OSError):
+                upstream = await asyncio.open_connection("127.0.0.1", port)
+                break
+        if upstream is None:
+            writer.close()
+            return
+        up_reader, up_writer = upstream
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            with contextlib.suppress(OSError):
+                dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 2)
 
 
 @dataclass
@@ -87,6 +134,8 @@ class ChaosSystem:
     managers: list[ManagedProcess] = field(default_factory=list)
     workdir: Path | None = None
     tmpfs: Path | None = None
+    balancer: TcpBalancer | None = None
+    keep_logs: Path | None = None
     _own_plane: bool = False
 
     async def start(self) -> ChaosSystem:
@@ -134,7 +183,15 @@ class ChaosSystem:
         await self.system.start()
         assert self.system.manager is not None
         self.managers = [self.system.manager]
-        self.managers.append(self._second_manager(self.system.manager))
+        second = self._second_manager(self.system.manager)
+        self.managers.append(second)
+        if self.system.webhooks_served:
+            # Point the registered webhooks at a balancer over both managers (LocalSystem has no hook
+            # for this: it registers its one manager's port; we register again with ours).
+            ports = [self.system.webhook_port, _flag_port(second.argv, "--webhook-port")]
+            self.balancer = TcpBalancer(ports)
+            self.system.webhook_port = await self.balancer.start()
+            await self.system._register_webhooks()
 
     def _second_manager(self, first: ManagedProcess) -> ManagedProcess:
         argv = list(first.argv)
@@ -218,12 +275,20 @@ class ChaosSystem:
         return pids
 
     async def stop(self) -> None:
+        if self.keep_logs is not None and self.workdir is not None:
+            import shutil
+
+            self.keep_logs.mkdir(parents=True, exist_ok=True)
+            for log_file in (self.workdir / "logs").glob("*.log"):
+                shutil.copy(log_file, self.keep_logs / log_file.name)
         for process in self.managers[1:]:
             await asyncio.to_thread(process.stop)
         if self.system is not None:
             await self.system.stop()
         if self.proxy is not None:
             await self.proxy.stop()
+        if self.balancer is not None:
+            await self.balancer.stop()
         if self._own_plane and self.plane is not None:
             await asyncio.to_thread(self.plane.stop)
         if self.tmpfs is not None:

@@ -135,6 +135,7 @@ class Run:
         plane: Any,
         *,
         hostile_edits: bool = True,
+        keep_logs: Path | None = None,
     ) -> None:
         self.seed = seed
         self.hostile_edits = hostile_edits
@@ -142,7 +143,7 @@ class Run:
         self.window = window
         self.n_faults = faults
         self.converge_within = converge_within
-        self.chaos = ChaosSystem(plane=plane, seed=seed)
+        self.chaos = ChaosSystem(plane=plane, seed=seed, keep_logs=keep_logs)
         self.result = RunResult(seed)
         self.caches: list[CacheSpec] = []
         self.sources: dict[str, dict[str, str]] = {}
@@ -210,7 +211,14 @@ class Run:
         for when, doc in zip(at, docs, strict=True):
             await asyncio.sleep(max(0.0, t0 + when - time.monotonic()))
             # The API server may be restarting: retry each apply until it lands.
-            await _retry(lambda d=doc: apply_documents(system.client, [d]), what=f"apply {doc['kind']}")
+            try:
+                await _retry(
+                    lambda d=doc: apply_documents(system.client, [d]), what=f"apply {doc['kind']}", within=120
+                )
+            except Exception as exc:
+                self.result.violations.append(
+                    f"could not create {doc['kind']} {doc['metadata']['name']}: {exc}"
+                )
             log.info("cache created kind=%s name=%s at=%.1fs", doc["kind"], doc["metadata"]["name"], when)
 
     # ---- faults ----------------------------------------------------------------------------
@@ -225,11 +233,12 @@ class Run:
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    async def inject(self, kind: str) -> bool:
-        """Apply one fault; False when it could not apply now (nothing to hit), so it is not counted."""
+    async def inject(self, kind: str, rng: random.Random) -> bool:
+        """Apply one fault; False when it could not apply now (nothing to hit), so it is not counted.
+        ``rng`` is the fault's own generator, drawn from the run's seed, so faults that overlap in time
+        still make the same choices in every run with that seed."""
         chaos, system, proxy = self.chaos, self.chaos.system, self.chaos.proxy
         assert system is not None and proxy is not None and chaos.plane is not None
-        rng = self.rng
         if kind == "apiserver_restart":
             await asyncio.to_thread(chaos.plane.restart_apiserver)
         elif kind == "watch_drop":
@@ -247,8 +256,7 @@ class Run:
                 return False
             self._later(rng.uniform(0.5, 4), lambda: chaos.restart(victim))
         elif kind == "leader_change":
-            holder = await chaos.leader()
-            victim = next((m for m in chaos.managers if m.alive and _identity(m) == holder), None)
+            holder, victim = await _live_leader(chaos, within=30)
             if holder is None or victim is None or not chaos.kill(victim):
                 return False
             self._later(0, lambda: self._observe_new_leader(holder))
@@ -305,17 +313,22 @@ class Run:
         else:
             plan = [self.rng.choice(kinds) for _ in range(self.n_faults)]
         self.rng.shuffle(plan)
+        seeds = [self.rng.random() for _ in plan]
         t0 = time.monotonic()
-        for at, kind in zip(times, plan, strict=True):
+
+        async def one(at: float, kind: str, seed: float) -> None:
             await asyncio.sleep(max(0.0, t0 + at - time.monotonic()))
             try:
-                applied = await self.inject(kind)
+                applied = await self.inject(kind, random.Random(seed))
             except Exception as exc:  # a fault that could not be applied is reported, not fatal
                 log.warning("fault failed kind=%s error=%s", kind, exc)
                 applied = False
             if applied:
                 self.result.faults[kind] += 1
             log.info("fault kind=%s at=%.1fs applied=%s", kind, time.monotonic() - t0, applied)
+
+        # Each fault on its own task: a slow one (an API server restart) does not push the others back.
+        await asyncio.gather(*(one(at, k, sd) for at, k, sd in zip(times, plan, seeds, strict=True)))
         await asyncio.sleep(max(0.0, t0 + self.window - time.monotonic()))
 
     # ---- the run ---------------------------------------------------------------------------
@@ -398,6 +411,18 @@ def _chown_agent(path: Path) -> None:
         os.chown(path, AGENT_UID, AGENT_UID)
 
 
+async def _live_leader(chaos: ChaosSystem, within: float) -> tuple[str | None, Any]:
+    """The lease holder and its process, once the holder is a running manager (after a kill the lease
+    may still name the dead one until it expires)."""
+    deadline = time.monotonic() + within
+    while True:
+        holder = await chaos.leader()
+        victim = next((m for m in chaos.managers if m.alive and _identity(m) == holder), None)
+        if (holder and victim) or time.monotonic() > deadline:
+            return holder, victim
+        await asyncio.sleep(0.5)
+
+
 async def _wait_for_downloads(chaos: ChaosSystem, within: float) -> list[Any]:
     """Running download pods, waiting up to ``within`` seconds for one to start."""
     deadline = time.monotonic() + within
@@ -473,7 +498,8 @@ async def main_async(args: argparse.Namespace) -> list[RunResult]:
     plane: ControlPlane | None = None
     for i in range(args.runs):
         seed = args.seed + i
-        run = Run(seed, args.window, args.faults, args.converge_within, plane)
+        keep = Path(args.keep_logs) / f"seed-{seed}" if args.keep_logs else None
+        run = Run(seed, args.window, args.faults, args.converge_within, plane, keep_logs=keep)
         result = await run.execute()
         results.append(result)
         print(
@@ -495,6 +521,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--faults", type=int, default=14, help="faults per run")
     parser.add_argument("--converge-within", type=float, default=240.0)
     parser.add_argument("--log-level", default="WARNING")
+    parser.add_argument("--keep-logs", default="", help="copy every process log of each run here")
     return parser.parse_args(argv)
 
 
