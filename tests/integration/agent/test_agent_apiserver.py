@@ -44,6 +44,10 @@ URI = "hf://org/model-a"
 URI_B = "s3://bucket/model-b"
 
 
+def parse_ts(raw: str) -> datetime:
+    return datetime.strptime(raw, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+
+
 def now_ts(delta: float = 0.0) -> str:
     return (datetime.now(UTC) + timedelta(seconds=delta)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -295,6 +299,7 @@ async def test_one_job_per_model_and_node_with_dedup_and_downloaded_only_after_m
 
     await eventually(marker_missing, within=30, what="MarkerMissing error")
     assert await env.model_state("m1") == "ModelDownloadError"
+    assert (await env.detail("m1"))["reason"] == "MarkerMissing"
 
     # With the marker the model is Downloaded, for both entries of the same URI.
     env.write_model()
@@ -306,6 +311,15 @@ async def test_one_job_per_model_and_node_with_dedup_and_downloaded_only_after_m
     await eventually(downloaded, within=30, what="Downloaded after the marker")
     detail = await env.detail("m2")
     assert detail["bytes"] == 4096 and detail["storageKey"] == storage_key(URI)
+    # The structured fields survive the apiserver's schema (pruning would drop unknown ones).
+    assert detail["totalBytes"] == 4096 and detail["attempt"] == 1
+    completed, started = parse_ts(detail["completionTime"]), parse_ts(detail["startTime"])
+    assert completed - started == timedelta(seconds=3)
+    assert abs(datetime.now(UTC) - completed) < timedelta(minutes=2)
+    assert "reason" not in detail and "nextAttemptTime" not in detail
+    capacity = (await env.status())["capacity"]
+    assert 0 < capacity["usedBytes"] <= capacity["totalBytes"]
+    assert 0 < capacity["availableBytes"] <= capacity["totalBytes"]
     # Still exactly one Job per storage key ever created for this node (the retry replaced nothing).
     created = {j["spec"]["template"]["spec"]["containers"][0]["args"][0] for j in await env.jobs()}
     assert created == {URI, URI_B} and len(await env.jobs()) == 2
@@ -331,6 +345,10 @@ async def test_failed_job_is_retried_with_backoff_and_reason_in_status(env: Env)
 
     detail = await eventually(error_reported, within=30, what="AuthFailed in status")
     assert "401 Unauthorized" in detail["message"] and "attempt 1" in detail["message"]
+    assert detail["reason"] == "AuthFailed" and detail["attempt"] == 1
+    retry_at = parse_ts(detail["nextAttemptTime"])
+    assert abs(retry_at - datetime.now(UTC)) < timedelta(seconds=10)  # base backoff is 2 s
+    assert "completionTime" not in detail and "startTime" in detail
     assert (await env.condition("Degraded"))["status"] == "True"
 
     async def replaced() -> dict[str, Any] | None:
@@ -347,6 +365,9 @@ async def test_failed_job_is_retried_with_backoff_and_reason_in_status(env: Env)
     await eventually(
         previous_reason_shown, within=30, what="the previous failure in the new attempt's status"
     )
+    detail = await env.detail("m1")
+    assert detail["attempt"] == 2
+    assert "reason" not in detail and "nextAttemptTime" not in detail
 
 
 async def test_host_path_mismatch_sets_a_condition_and_creates_no_jobs(env: Env) -> None:
@@ -376,6 +397,7 @@ async def test_missing_secret_is_a_status_error_and_no_job(env: Env) -> None:
 
     message = await eventually(error, within=30, what="credential error")
     assert "StorageSecretNotFound" in message and f"{env.namespace}/storage-config" in message
+    assert (await env.detail("m1"))["reason"] == "StorageSecretNotFound"
     assert await env.jobs() == []
     secret = {"type": "hf", "token": "hf_INTEGRATIONSECRET"}
     await env.client.create(
