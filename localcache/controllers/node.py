@@ -18,10 +18,11 @@ does on each pass (reference §3, with the fixes of §9.2):
 4. deletes Jobs whose storage key no spec entry wants (background propagation), and, after a grace
    period, our orphaned folders (:mod:`~localcache.controllers.diskgc`);
 5. writes ``status`` (subresource, optimistic concurrency, retried on conflict) only when it changed:
-   ``modelStatus`` (KServe's enum), ``modelStatusDetails`` (bytes, message with start/completion
-   times, Job name, transition time) and conditions ``Ready``, ``Downloading``, ``Degraded`` and
-   ``StorageReady`` (whose message carries the disk's used/available bytes). Bytes are rate-limited: a
-   new figure is published at most every 30 s, and only when it moved by at least 5 %.
+   ``modelStatus`` (KServe's enum), ``modelStatusDetails`` (failure ``reason``, ``attempt``,
+   ``nextAttemptTime``, ``startTime``/``completionTime``, ``bytes``/``totalBytes``, Job name,
+   transition time and a human-readable message), ``capacity`` (the disk's total/used/available bytes)
+   and conditions ``Ready``, ``Downloading``, ``Degraded`` and ``StorageReady``. Bytes are
+   rate-limited: a new figure is published at most every 30 s, and only when it moved by at least 5 %.
 
 Duplicate Jobs are impossible by construction: the one reconcile worker sees the Job informer, and a
 Job it created is remembered until the informer shows it (the informer may lag the create by a few
