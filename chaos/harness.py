@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -135,6 +136,10 @@ class ChaosSystem:
     workdir: Path | None = None
     tmpfs: Path | None = None
     balancer: TcpBalancer | None = None
+    #: Exits we did not cause (name -> exit codes), e.g. a manager leaving after losing its lease.
+    own_exits: dict[str, list[int | None]] = field(default_factory=dict)
+    _held: dict[str, float] = field(default_factory=dict)
+    _supervisor: asyncio.Task[None] | None = None
     keep_logs: Path | None = None
     _own_plane: bool = False
 
@@ -193,6 +198,34 @@ class ChaosSystem:
             self.system.webhook_port = await self.balancer.start()
             await self.system._register_webhooks()
 
+    def supervise(self) -> None:
+        """Restart managers and agents that exit, as their Deployment/DaemonSet would (a manager that
+        loses its lease exits on purpose); a process we killed stays down until its hold ends."""
+
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(0.5)
+                self._restart_due()
+
+        self._supervisor = asyncio.create_task(loop())
+
+    def _restart_due(self) -> None:
+        if self.system is None:
+            return
+        now = time.monotonic()
+        for process in [*self.managers, *self.system.agents.values()]:
+            if process.alive or process.popen is None:
+                continue
+            held = self._held.get(process.name)
+            if held is not None:
+                if now < held:
+                    continue
+                del self._held[process.name]
+            else:
+                self.own_exits.setdefault(process.name, []).append(process.popen.returncode)
+                log.info("process exited on its own name=%s code=%s", process.name, process.popen.returncode)
+            process.start()
+
     def _second_manager(self, first: ManagedProcess) -> ManagedProcess:
         argv = list(first.argv)
         argv = _replace_flag(argv, "--webhook-port", str(free_port()))
@@ -201,33 +234,21 @@ class ChaosSystem:
         return ManagedProcess("manager-2", argv, first.log_path.with_name("manager-2.log"), first.env).start()
 
     # ---- faults on processes -------------------------------------------------------------------
-    @staticmethod
-    def kill(process: ManagedProcess) -> bool:
-        """SIGKILL the whole process group (no clean shutdown, no lease release)."""
+    def kill(self, process: ManagedProcess, down_for: float = 0.0) -> bool:
+        """SIGKILL the whole process group (no clean shutdown, no lease release); the supervisor starts
+        it again after ``down_for`` seconds."""
         if process.popen is None or process.popen.poll() is not None:
             return False
+        self._held[process.name] = time.monotonic() + down_for
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.popen.pid, signal.SIGKILL)
         process.popen.wait()
         return True
 
-    @staticmethod
-    def restart(process: ManagedProcess) -> ManagedProcess:
-        """Start the same command line again (same ports, same log file)."""
-        if process.alive:
-            return process
-        return process.start()
-
-    def kill_agent(self, node: str) -> bool:
+    def kill_agent(self, node: str, down_for: float = 0.0) -> bool:
         assert self.system is not None
         process = self.system.agents.get(node)
-        return process is not None and self.kill(process)
-
-    def restart_agent(self, node: str) -> None:
-        assert self.system is not None
-        process = self.system.agents.get(node)
-        if process is not None:
-            self.restart(process)
+        return process is not None and self.kill(process, down_for)
 
     async def leader(self) -> str | None:
         assert self.system is not None and self.system.client is not None
@@ -251,15 +272,10 @@ class ChaosSystem:
                 killed = True
         return killed
 
-    def ensure_running(self) -> list[str]:
-        """Restart every manager/agent that is down; returns their names."""
-        assert self.system is not None
-        restarted = []
-        for process in [*self.managers, *self.system.agents.values()]:
-            if not process.alive:
-                process.start()
-                restarted.append(process.name)
-        return restarted
+    def ensure_running(self) -> None:
+        """End every hold: whatever is down starts now."""
+        self._held = {name: 0.0 for name in self._held}
+        self._restart_due()
 
     def all_pids(self) -> list[int]:
         """Every process this run started that could outlive it."""
@@ -275,6 +291,10 @@ class ChaosSystem:
         return pids
 
     async def stop(self) -> None:
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
         if self.keep_logs is not None and self.workdir is not None:
             import shutil
 

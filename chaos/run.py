@@ -94,6 +94,7 @@ class RunResult:
     samples: int = 0
     leader_changes: int = 0
     unconsumed: int = 0
+    own_exits: dict[str, list[int | None]] = field(default_factory=dict)
 
 
 def _csc() -> dict[str, Any]:
@@ -252,22 +253,19 @@ class Run:
             proxy.add(WatchError(410), watch=True, times=rng.randint(1, 3))
         elif kind == "manager_kill":
             victim = rng.choice(chaos.managers)
-            if not chaos.kill(victim):
+            if not chaos.kill(victim, down_for=rng.uniform(0.5, 4)):
                 return False
-            self._later(rng.uniform(0.5, 4), lambda: chaos.restart(victim))
         elif kind == "leader_change":
             holder, victim = await _live_leader(chaos, within=30)
-            if holder is None or victim is None or not chaos.kill(victim):
+            if holder is None or victim is None or not chaos.kill(victim, down_for=rng.uniform(1, 4)):
                 return False
             self._later(0, lambda: self._observe_new_leader(holder))
-            self._later(rng.uniform(1, 4), lambda: chaos.restart(victim))
         elif kind == "agent_kill":
             node = rng.choice(sorted(system.agents))
-            if not chaos.kill_agent(node):
+            if not chaos.kill_agent(node, down_for=rng.uniform(0.5, 4)):
                 return False
-            self._later(rng.uniform(0.5, 4), lambda: chaos.restart_agent(node))
         elif kind == "download_kill":
-            runs = await _wait_for_downloads(chaos, within=10)
+            runs = await _wait_for_downloads(chaos, within=30)
             if not runs:
                 return False
             await asyncio.sleep(rng.uniform(0, 1))  # mid-file, not at its first byte
@@ -314,6 +312,9 @@ class Run:
             plan = [self.rng.choice(kinds) for _ in range(self.n_faults)]
         self.rng.shuffle(plan)
         seeds = [self.rng.random() for _ in plan]
+        # Source faults only bite a download that starts after them: arm them before most caches exist.
+        early = ("source_corrupt", "source_truncate")
+        times = [at * 0.25 if kind in early else at for at, kind in zip(times, plan, strict=True)]
         t0 = time.monotonic()
 
         async def one(at: float, kind: str, seed: float) -> None:
@@ -337,6 +338,7 @@ class Run:
             await self.setup()
             system = self.chaos.system
             assert system is not None and system.client is not None
+            self.chaos.supervise()
             monitor = Monitor(system.client, self.caches, system.models_dir)
             monitor.start()
             creator = asyncio.create_task(self.create_caches())
@@ -372,6 +374,7 @@ class Run:
                 [LOCAL_MODEL_CACHES, LOCAL_MODEL_NAMESPACE_CACHES, LOCAL_MODEL_NODES],
             )
             self.result.proxy_injected = Counter(self.chaos.proxy.injected)  # type: ignore[union-attr]
+            self.result.own_exits = dict(self.chaos.own_exits)
         finally:
             for task in self._pending:
                 task.cancel()
@@ -479,8 +482,13 @@ def summary(results: list[RunResult]) -> list[str]:
     violations = sum(len(r.violations) for r in results)
     leader_changes = sum(r.leader_changes for r in results)
     unconsumed = sum(r.unconsumed for r in results)
+    exits: Counter[str] = Counter()
+    for r in results:
+        for name, codes in r.own_exits.items():
+            exits[name.split("-kind-")[0]] += len(codes)
     lines = [f"  fault {k}: {faults[k]}" for k in FAULT_KINDS]
     lines.append(f"  leader changes observed: {leader_changes}")
+    lines += [f"  exited on their own and restarted ({k}): {v}" for k, v in sorted(exits.items())]
     lines.append(f"  source faults armed but never hit (no download asked): {unconsumed}")
     lines += [f"  proxy injected {k}: {v}" for k, v in sorted(proxy.items())]
     if skipped:
@@ -508,6 +516,8 @@ async def main_async(args: argparse.Namespace) -> list[RunResult]:
             f"violations={len(result.violations)}",
             flush=True,
         )
+        for name, codes in sorted(result.own_exits.items()):
+            print(f"  {name} exited on its own (exit codes {codes}) and was restarted", flush=True)
         for v in result.violations:
             print(f"  VIOLATION: {v}", flush=True)
     return results

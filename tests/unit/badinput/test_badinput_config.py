@@ -57,7 +57,7 @@ def test_malformed_local_model_names_configmap_and_key(raw: str, fragment: str) 
 
 
 @given(st.sampled_from(KEYS), st.text(max_size=200))
-@settings(max_examples=300)
+@settings(max_examples=150)
 def test_any_text_parses_or_raises_config_error(key: str, raw: str) -> None:
     try:
         parse_config({key: raw})
@@ -68,7 +68,7 @@ def test_any_text_parses_or_raises_config_error(key: str, raw: str) -> None:
 
 
 @given(local_model_fields)
-@settings(max_examples=300)
+@settings(max_examples=150)
 def test_any_json_object_parses_or_raises_config_error(fields: dict[str, object]) -> None:
     try:
         parse_config({"localModel": json.dumps(fields)})
