@@ -71,7 +71,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from localcache.api.naming import storage_key
 from localcache.runtime.client import Client
-from localcache.runtime.resources import Resource
+from localcache.runtime.resources import EVENTS, Resource
 from localcache.storage.marker import Marker, MarkerFile, write_marker
 from localcache.testing.envtest import K8S_VERSION, ControlPlane
 from localcache.testing.nodesim import GPU_LABEL
@@ -311,14 +311,56 @@ class Snapshot:
     agent_cpu: dict[str, float]
     manager_mem: dict[str, int]
     agent_mem: dict[str, dict[str, int]]
+    plane_cpu: dict[str, float] = field(default_factory=dict)  # etcd / kube-apiserver / ...
+    apiserver: dict[str, tuple[float, float]] = field(default_factory=dict)  # verb+resource → (sum s, count)
 
     @property
     def agents_total(self) -> Scrape:
         return merge(self.agents.values())
 
 
+def plane_cpu(plane: ControlPlane) -> dict[str, float]:
+    out = {}
+    for pid in plane.pids:
+        try:
+            name = Path(f"/proc/{pid}/comm").read_text().strip()
+        except OSError:
+            continue
+        out[name] = proc_cpu_seconds(pid) or 0.0
+    return out
+
+
+def apiserver_latency(plane: ControlPlane) -> dict[str, tuple[float, float]]:
+    """The API server's own ``apiserver_request_duration_seconds`` for our kinds: the server side of
+    every request's latency, whoever sent it."""
+    out: dict[str, tuple[float, float]] = {}
+    try:
+        text = plane.request("GET", "/metrics")
+    except OSError as exc:  # a busy API server: this figure is a detail, not worth the scenario
+        log.warning("API server /metrics not read: %s", exc)
+        return out
+    for family in text_string_to_metric_families(text if isinstance(text, str) else ""):
+        if family.name != "apiserver_request_duration_seconds":
+            continue
+        for sample in family.samples:
+            labels = sample.labels
+            if labels.get("group") != "serving.kserve.io" or sample.name.endswith("_bucket"):
+                continue
+            key = f"{labels.get('verb')} {labels.get('resource')}" + (
+                f"/{labels['subresource']}" if labels.get("subresource") else ""
+            )
+            total, count = out.get(key, (0.0, 0.0))
+            if sample.name.endswith("_sum"):
+                total += sample.value
+            elif sample.name.endswith("_count"):
+                count += sample.value
+            out[key] = (total, count)
+    return out
+
+
 async def snapshot(system: LocalSystem) -> Snapshot:
     assert system.manager is not None and system.manager.popen is not None
+    assert system.plane is not None
     manager = system.manager
     agents = dict(system.agents)
     at = time.time()
@@ -336,6 +378,8 @@ async def snapshot(system: LocalSystem) -> Snapshot:
         agent_cpu={n: proc_cpu_seconds(pid) or 0.0 for n, pid in a_pids.items()},
         manager_mem=proc_status(m_pid),
         agent_mem={n: proc_status(pid) for n, pid in a_pids.items()},
+        plane_cpu=plane_cpu(system.plane),
+        apiserver=await asyncio.to_thread(apiserver_latency, system.plane),
     )
 
 
@@ -530,6 +574,21 @@ async def watch_forever(client: Client, resource: Resource, handler: Any) -> Non
             await asyncio.sleep(0.5)
 
 
+async def count_events(client: Client) -> dict[str, int]:
+    """Events in the cluster by ``source.component`` and reason (each Event object once, with its count)."""
+    try:
+        items, _ = await client.list_all(EVENTS)
+    except Exception as exc:  # a detail: never worth the scenario
+        log.warning("events not listed: %s", exc)
+        return {}
+    counts: Counter[str] = Counter()
+    for ev in items:
+        component = (ev.get("source") or {}).get("component") or ev.get("reportingComponent") or "?"
+        counts[f"{component} {ev.get('reason')} objects"] += 1
+        counts[f"{component} {ev.get('reason')} count"] += int(ev.get("count") or 1)
+    return dict(counts.most_common())
+
+
 async def create_caches(client: Client, uris: Sequence[str], concurrency: int = 8) -> None:
     slots = asyncio.Semaphore(concurrency)
 
@@ -668,6 +727,7 @@ async def run_scenario(sc: Scenario, timeout_s: float, idle_s: float, settle_s: 
             await asyncio.sleep(idle_s)
             idle1 = await snapshot(system)
         system.check_processes()
+        out.details["events_by_component_reason"] = await count_events(bench_client)
         for task in watchers:
             task.cancel()
         await asyncio.gather(*watchers, return_exceptions=True)
@@ -748,6 +808,30 @@ def record(
     out.put("agent_peak_rss_mib_mean", sum(agent_hwm) / max(1, len(agent_hwm)), "MiB")
     agent_cpu = sum(conv.agent_cpu.values()) - sum(base.agent_cpu.values())
     out.put("agents_cpu_s", agent_cpu, "cpu-s")
+    for name, short in (("kube-apiserver", "apiserver"), ("etcd", "etcd")):
+        if name in conv.plane_cpu:
+            out.put(f"{short}_cpu_s", conv.plane_cpu[name] - base.plane_cpu.get(name, 0.0), "cpu-s")
+    latency = {}
+    for key, (total, count) in conv.apiserver.items():
+        t0_, c0_ = base.apiserver.get(key, (0.0, 0.0))
+        if count - c0_ > 0 and not key.startswith(("WATCH", "LIST")):
+            latency[key] = {
+                "count": int(count - c0_),
+                "mean_ms": round(1000 * (total - t0_) / (count - c0_), 1),
+            }
+    out.details["apiserver_latency_serving_kserve_io"] = latency
+    for key, metric in (
+        ("PATCH localmodelnodes", "lmn_patch"),
+        ("PUT localmodelnodes/status", "lmn_status_put"),
+    ):
+        if key in latency:
+            out.put(f"apiserver_{metric}_mean_ms", latency[key]["mean_ms"], "ms")
+    writes_after = [
+        ev.at
+        for ev in events
+        if ev.at >= t_end and ev.verb in WRITE_VERBS and ev.user in (MANAGER_USER, AGENT_USER)
+    ]
+    out.put("last_write_after_converged_s", (max(writes_after) - t_end) if writes_after else 0.0, "s")
 
     # Idle window: zero writes wanted, from either count.
     window = idle1.at - idle0.at
