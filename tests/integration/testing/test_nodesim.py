@@ -373,3 +373,32 @@ async def test_memory_limit_kills_with_oomkilled(sim: NodeSimulator, client: Cli
     pods = (await client.list(PODS, namespace, label_selector="batch.kubernetes.io/job-name=hog"))["items"]
     terminated = pods[0]["status"]["containerStatuses"][0]["state"]["terminated"]
     assert terminated["reason"] == "OOMKilled" and terminated["exitCode"] == 137
+
+
+async def test_deleting_a_node_kills_and_removes_its_pods(
+    sim: NodeSimulator, client: Client, namespace: str
+) -> None:
+    sim.images["sim/shell"] = None
+    node = await sim.add_node(f"d-{namespace[2:]}")
+    job = _shell_job("longrun", node.name, ["sleep", "300"])
+    job["spec"]["template"]["spec"]["volumes"] = []
+    await client.create(JOBS, job, namespace)
+
+    async def running() -> Any:
+        runs = sim.runs_for_job("longrun", namespace)
+        return runs[0] if runs and runs[0].pids and runs[0].phase == "Running" else None
+
+    run = await eventually(running, within=60, interval=0.1, what="longrun running")
+    await sim.delete_node(node.name)
+    assert not _alive(run.pids[0])
+    with pytest.raises(errors.NotFound):
+        await client.get(NODES, node.name)
+
+    async def pod_gone() -> bool:  # the Job controller removes its tracking finalizer, then it is gone
+        try:
+            await client.get(PODS, run.name, namespace)
+        except errors.NotFound:
+            return True
+        return False
+
+    await eventually(pod_gone, within=30, interval=0.2, what="pod of the deleted node removed")
