@@ -128,6 +128,8 @@ class ChaosSystem:
             "--retry-backoff-base=1",
             "--retry-backoff-max=4",
             "--job-backoff-limit=2",
+            # Disk GC runs within a run (default 10 minutes): it must spare the admin's files.
+            "--gc-grace-period=20",
         ]
     )
     system: LocalSystem | None = None
@@ -222,8 +224,11 @@ class ChaosSystem:
                     continue
                 del self._held[process.name]
             else:
+                # Exited by itself: restart after a short back-off, as a kubelet would.
                 self.own_exits.setdefault(process.name, []).append(process.popen.returncode)
                 log.info("process exited on its own name=%s code=%s", process.name, process.popen.returncode)
+                self._held[process.name] = now + 1.0
+                continue
             process.start()
 
     def _second_manager(self, first: ManagedProcess) -> ManagedProcess:

@@ -150,6 +150,7 @@ class Run:
         self.sources: dict[str, dict[str, str]] = {}
         self.planted: dict[Path, bytes] = {}
         self._pending: set[asyncio.Task[Any]] = set()
+        self._apiserver = asyncio.Lock()
 
     # ---- setup -----------------------------------------------------------------------------
     async def setup(self) -> None:
@@ -171,7 +172,13 @@ class Run:
         # Owned by the agent's user, so only its own rules (not permissions) keep them alive.
         for node in GROUP_NODES:
             root = system.models_dir(node)
-            for rel in ("README-admin.txt", "admin-notes/keep.bin", "0123456789abcdef/not-a-model.txt"):
+            for rel in (
+                "README-admin.txt",
+                "admin-notes/keep.bin",
+                "0123456789ABCDEF/upper-case-is-not-a-key.txt",  # storage keys are lower-case hex
+                "0123456789abcde/fifteen-digits.txt",
+                ".0123456789abcdef.backup/dot-name.txt",
+            ):
                 path = root / rel
                 path.parent.mkdir(parents=True, exist_ok=True)
                 content = f"{node}:{rel}:{self.seed}".encode()
@@ -241,7 +248,8 @@ class Run:
         chaos, system, proxy = self.chaos, self.chaos.system, self.chaos.proxy
         assert system is not None and proxy is not None and chaos.plane is not None
         if kind == "apiserver_restart":
-            await asyncio.to_thread(chaos.plane.restart_apiserver)
+            async with self._apiserver:  # one restart at a time: two would race on one process
+                await asyncio.to_thread(chaos.plane.restart_apiserver)
         elif kind == "watch_drop":
             return await proxy.drop_connections() > 0
         elif kind == "api_error":
