@@ -131,6 +131,10 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+#: Per-node fields copied from the agent's LocalModelNode ``modelStatusDetails`` to the cache's
+#: ``nodeStatusDetails`` (they have the same names in both).
+AGENT_INT_DETAILS = ("bytes", "totalBytes", "attempt")
+AGENT_TEXT_DETAILS = ("message", "reason", "startTime", "completionTime", "nextAttemptTime")
 
 Obj = dict[str, Any]
 
@@ -574,10 +578,13 @@ def build_status(
         if node in placement.not_ready:
             d["message"] = "node is not Ready"
         elif isinstance(agent_detail, dict):
-            if isinstance(agent_detail.get("bytes"), int):
-                d["bytes"] = agent_detail["bytes"]
-            if agent_detail.get("message"):
-                d["message"] = str(agent_detail["message"])
+            # The agent's detail, same field names on the cache: what a user asks first is "why".
+            for field_name in AGENT_INT_DETAILS:
+                if isinstance(agent_detail.get(field_name), int):
+                    d[field_name] = agent_detail[field_name]
+            for field_name in AGENT_TEXT_DETAILS:
+                if agent_detail.get(field_name):
+                    d[field_name] = str(agent_detail[field_name])
         details[node] = d
     if details:
         status["nodeStatusDetails"] = details

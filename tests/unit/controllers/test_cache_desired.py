@@ -278,19 +278,25 @@ def test_status_ready_when_all_copies_available_and_stable_when_unchanged() -> N
     assert status_events({}, status)[-1][1] == "Ready"
 
 
+RETRY_AT = "2026-01-01T00:02:00Z"
+
+
 def test_status_failed_nodes_named_with_reason_and_pruned_nodes_gone() -> None:
     c = cache("m", ["ga"])
     c["status"] = {"nodeStatus": {"old-node": "NodeDownloaded"}, "llmInferenceServices": [{"name": "x"}]}
     p = compute_placement(c, GROUPS, NODES)
     lmns = {
         "a1": {"status": {"modelStatus": {"m": "ModelDownloadError"},
-                          "modelStatusDetails": {"m": {"message": "401 unauthorized"}}}},
+                          "modelStatusDetails": {"m": {"message": "401 unauthorized", "reason": "AuthFailed",
+                                                       "attempt": 2, "nextAttemptTime": RETRY_AT}}}},
         "a2": {"status": {"modelStatus": {"m": "ModelDownloading"}}},
     }  # fmt: skip
     status = build_status(c, p, compute_node_status(p, lmns, "m", c["status"]["nodeStatus"]), lmns, None, NOW)
     assert set(status["nodeStatus"]) == {"a1", "a2", "a3"}
     assert status["copies"] == {"available": 0, "total": 3, "failed": 1}
     assert status["llmInferenceServices"] == [{"name": "x"}]  # untouched
+    failed = status["nodeStatusDetails"]["a1"]
+    assert (failed["reason"], failed["attempt"], failed["nextAttemptTime"]) == ("AuthFailed", 2, RETRY_AT)
     c_ = conds(status)
     assert c_["Ready"] == ("False", "DownloadFailed") and c_["Downloading"][0] == "True"
     degraded = next(x for x in status["conditions"] if x["type"] == "Degraded")
