@@ -1,6 +1,7 @@
 """Hostile edits to a converged system: a LocalModelNode edited by hand and a malformed ConfigMap.
 
-Expected: the manager restores its entries in the LocalModelNodes (an admin's deletion or garbling of an
+Expected: a cache on a node group that does not exist says so in its status, naming the group; the
+manager restores its entries in the LocalModelNodes (an admin's deletion or garbling of an
 entry is undone, an entry it did not write is not trusted), the agents keep running, and with broken
 ``inferenceservice-config`` JSON every component keeps running on its last good config and logs why
 (the error names the ConfigMap and the key). Nothing already downloaded is lost meanwhile.
@@ -18,7 +19,7 @@ from chaos.harness import ChaosSystem
 from chaos.invariants import CacheSpec
 from localcache.runtime import errors
 from localcache.runtime.resources import CONFIGMAPS
-from localcache.testing.system import CONFIG_NAMESPACE, LOCAL_MODEL_NODES
+from localcache.testing.system import CONFIG_NAMESPACE, LOCAL_MODEL_CACHES, LOCAL_MODEL_NODES, apply_documents
 
 log = logging.getLogger("chaos.hostile")
 
@@ -87,6 +88,35 @@ async def hostile_edits(chaos: ChaosSystem, caches: list[CacheSpec], within: flo
     for process in [*chaos.managers, *chaos.system.agents.values()]:
         if not process.alive:
             out.append(f"{process.name} exited after a hand edit of {node}: {process.log_tail(5)}")
+
+    # ---- a cache on a node group that does not exist ----------------------------------------------
+    ghost_cache = {
+        "apiVersion": "serving.kserve.io/v1alpha1",
+        "kind": "LocalModelCache",
+        "metadata": {"name": "chaos-unknown-group"},
+        "spec": {
+            "sourceModelUri": "hf://ghost/unknown-group",
+            "modelSize": "1Mi",
+            "nodeGroups": ["no-such-group"],
+        },
+    }
+    await apply_documents(client, [ghost_cache])
+
+    async def says_which_group() -> str | None:
+        obj = await client.get(LOCAL_MODEL_CACHES, "chaos-unknown-group")
+        for c in (obj.get("status") or {}).get("conditions") or []:
+            if c.get("status") == "False" and "no-such-group" in (c.get("message") or ""):
+                return str(c.get("message"))
+        return None
+
+    try:
+        if not await _until(says_which_group, 30):
+            obj = await client.get(LOCAL_MODEL_CACHES, "chaos-unknown-group")
+            out.append(
+                f"a cache on an unknown node group does not name it in its status: {obj.get('status')}"
+            )
+    finally:
+        await client.delete(LOCAL_MODEL_CACHES, "chaos-unknown-group", missing_ok=True)
 
     # ---- malformed inferenceservice-config -------------------------------------------------------
     cm = await client.get(CONFIGMAPS, CONFIG_NAME, CONFIG_NAMESPACE)
