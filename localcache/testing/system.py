@@ -64,8 +64,10 @@ __all__ = [
     "ManagedProcess",
     "NodeSpec",
     "apply_documents",
+    "guide_example",
     "load_yaml",
     "missing_components",
+    "storage_config_secret",
 ]
 
 log = logging.getLogger(__name__)
