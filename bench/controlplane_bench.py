@@ -36,11 +36,17 @@ After the matrix, the scaling exponents: least-squares slopes of log(time) and l
 log(caches x nodes). Results go to ``bench/results/controlplane.json`` (``BENCH_OUT`` overrides),
 rewritten after every scenario so a partial run keeps what it measured.
 
-Settings (environment): ``BENCH_SCALE`` (``small`` | ``medium`` | ``full`` | ``CxN[:mode],...``),
-``BENCH_IDLE_S`` (30), ``BENCH_SETTLE_S`` (5: pause between convergence and the idle window),
-``BENCH_TIMEOUT_S`` (900 per scenario), ``BENCH_KEEP=1`` (keep work directories), ``BENCH_MERGE=1`` (keep the
-scenarios of the existing result file that this run does not repeat; each scenario records its own
-start time and load average).
+Settings (environment):
+
+* ``BENCH_SCALE``: ``small`` | ``medium`` | ``full`` (default) | ``CxN[:jobs][:shipped-rbac],...``;
+* ``BENCH_IDLE_S`` (30) and ``BENCH_SETTLE_S`` (5: the pause between convergence and the idle window);
+* ``BENCH_TIMEOUT_S`` (900): how long one scenario may take to converge; one that does not is recorded
+  with its partial progress (pairs reported, rate) and no idle figures;
+* ``BENCH_BUDGET_S``: the whole run; each scenario's timeout is cut to what is left, and scenarios that
+  cannot start in time are skipped (and listed as not run);
+* ``BENCH_KEEP=1``: keep the work directories (logs, audit log);
+* ``BENCH_MERGE=1``: keep the scenarios of the existing result file that this run does not repeat (each
+  scenario records its own start time and load average).
 """
 
 from __future__ import annotations
@@ -110,6 +116,7 @@ SCALES: dict[str, list[str]] = {
         "10x50",
         "100x50",
         "1000x50",
+        "1000x1",
         "10x10:shipped-rbac",
         "10x10:jobs",
     ],
@@ -992,10 +999,20 @@ async def main() -> int:
         say(f"merging with {len(outcomes)} scenarios kept from {out_path}")
     failures: list[str] = []
     started = time.monotonic()
+    budget = float(os.environ.get("BENCH_BUDGET_S", "0")) or None
     for sc in scenarios:
-        say(f"scenario {sc.name}: {sc.caches} caches x {sc.nodes} nodes ({sc.mode})")
+        limit = timeout_s
+        if budget is not None:
+            # Leave room for start-up, the idle window and teardown of the scenario itself.
+            remaining = budget - (time.monotonic() - started) - idle_s - settle_s - 60 - 2 * sc.nodes
+            if remaining < 60:
+                say(f"scenario {sc.name}: skipped, BENCH_BUDGET_S={budget:.0f} is spent")
+                failures.append(f"{sc.name}: not run (BENCH_BUDGET_S spent)")
+                continue
+            limit = min(timeout_s, remaining)
+        say(f"scenario {sc.name}: {sc.caches} caches x {sc.nodes} nodes ({sc.mode}), timeout {limit:.0f}s")
         try:
-            outcomes.append(await run_scenario(sc, timeout_s, idle_s, settle_s, keep))
+            outcomes.append(await run_scenario(sc, limit, idle_s, settle_s, keep))
         except Exception as exc:
             log.exception("scenario %s failed", sc.name)
             failures.append(f"{sc.name}: {type(exc).__name__}: {exc}")

@@ -34,9 +34,12 @@ CONTROLPLANE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("manager_writes", "mgr writes"),
     ("agents_reads", "agent reads"),
     ("agents_writes", "agent writes"),
+    ("manager_conflicts", "mgr 409s"),
+    ("agents_conflicts", "agent 409s"),
     ("requests_per_cache", "req/cache"),
     ("requests_per_cache_node", "req/(cache*node)"),
     ("manager_cpu_s", "mgr CPU s"),
+    ("apiserver_cpu_s", "apiserver CPU s"),
     ("manager_peak_rss_mib", "mgr RSS MiB"),
     ("agent_peak_rss_mib_max", "agent RSS MiB (max)"),
     ("idle_manager_writes", "idle mgr writes"),
@@ -134,6 +137,7 @@ def controlplane_goals(by: Mapping[str, Mapping[str, Any]]) -> list[list[Any]]:
     idle = {
         k: (v.get("idle_manager_writes") or 0) + (v.get("idle_agents_writes") or 0)
         for k, v in scenarios.items()
+        if v.get("idle_window_s")
     }
     noisy = {k: v for k, v in idle.items() if v}
     rows.append(
@@ -144,11 +148,24 @@ def controlplane_goals(by: Mapping[str, Mapping[str, Any]]) -> list[list[Any]]:
         ]
     )
     big = scenarios.get("1000caches-x-50nodes")
+    largest = max(
+        (k for k, v in scenarios.items() if v.get("converged")),
+        key=lambda k: (scenarios[k].get("entries_written") or 0, k),
+        default=None,
+    )
+    hint = ""
+    if big is None and largest is not None:
+        ref = scenarios[largest]
+        hint = (
+            f"not run; largest converged run {largest}: {fmt(ref.get('converged_after_agents_s'))} s after "
+            f"the agents, {fmt(ref.get('converged_s'))} s from creation, manager RSS "
+            f"{fmt(ref.get('manager_peak_rss_mib'))} MiB"
+        )
     after = None if big is None else big.get("converged_after_agents_s")
     rows.append(
         [
-            "1,000 caches x 50 nodes converge ≤ 60 s after the agents report",
-            "not run"
+            "1,000 caches x 50 nodes converge <= 60 s after the agents report",
+            hint or "not run"
             if big is None
             else f"{fmt(after)} s (all: {fmt(big.get('converged_s'))} s from creation)",
             "not measured" if after is None else ("met" if after <= 60 else "not met"),
@@ -157,14 +174,20 @@ def controlplane_goals(by: Mapping[str, Mapping[str, Any]]) -> list[list[Any]]:
     rss = None if big is None else big.get("manager_peak_rss_mib")
     rows.append(
         [
-            "manager RSS ≤ 300 MiB at 1,000 x 50",
-            "not run" if rss is None else f"{fmt(rss)} MiB",
+            "manager RSS <= 300 MiB at 1,000 x 50",
+            hint or "not run" if rss is None else f"{fmt(rss)} MiB",
             "not measured" if rss is None else ("met" if rss <= 300 else "not met"),
         ]
     )
     thousand = [v for k, v in scenarios.items() if k.startswith("1000caches-")]
-    agent_rss = max((v.get("agent_peak_rss_mib_max") or 0 for v in thousand), default=None)
-    agent_cpu = max((v.get("idle_agent_cpu_percent_max") or 0 for v in thousand), default=None)
+    rss_values = [
+        v["agent_peak_rss_mib_max"] for v in thousand if v.get("agent_peak_rss_mib_max") is not None
+    ]
+    cpu_values = [
+        v["idle_agent_cpu_percent_max"] for v in thousand if v.get("idle_agent_cpu_percent_max") is not None
+    ]
+    agent_rss = max(rss_values, default=None)
+    agent_cpu = max(cpu_values, default=None)
     rows.append(
         [
             "one agent with 1,000 models ≤ 100 MiB RSS",
