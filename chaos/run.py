@@ -94,6 +94,7 @@ class RunResult:
     samples: int = 0
     leader_changes: int = 0
     unconsumed: int = 0
+    logs_scanned: int = 0
     own_exits: dict[str, list[int | None]] = field(default_factory=dict)
 
 
@@ -372,9 +373,13 @@ class Run:
             )
             self.result.violations += not_ours_intact(self.planted)
             s3_secret = system.s3_storage_config()["secret_access_key"]
-            logs = sorted((system.workdir / "logs").glob("*.log")) + sorted(
-                (system.workdir / "nodes").rglob("*.log")
-            )
+            pod_logs = sorted({Path(r.log_path) for r in system.sim.runs.values()} if system.sim else set())
+            logs = sorted((system.workdir / "logs").glob("*.log")) + pod_logs
+            if not pod_logs or not any(p.is_file() for p in pod_logs):
+                self.result.violations.append(
+                    "no download pod logs to scan for secrets: the scan proves nothing"
+                )
+            self.result.logs_scanned = len(logs)
             self.result.violations += await secrets_by_value(
                 system.client,
                 {"HF_TOKEN": HUB_TOKEN, "S3 secret_access_key": s3_secret},
@@ -521,6 +526,7 @@ async def main_async(args: argparse.Namespace) -> list[RunResult]:
         print(
             f"run {i + 1}/{args.runs} seed={seed} faults={sum(result.faults.values())} "
             f"converged_in={result.converge_s:.1f}s samples={result.samples} "
+            f"logs_scanned={result.logs_scanned} "
             f"violations={len(result.violations)}",
             flush=True,
         )

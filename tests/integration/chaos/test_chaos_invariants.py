@@ -86,3 +86,36 @@ def test_the_counts_are_the_last_lines() -> None:
     assert lines[-3:] == ["runs: 2", "faults injected: 2", "invariant violations: 1"]
     assert "  fault watch_drop: 2" in lines
     assert all(f"  fault {k}: " in "\n".join(lines) for k in FAULT_KINDS)
+
+
+class _FakeClient:
+    """Answers LISTs from a dict keyed by kind: enough for the secret scan."""
+
+    def __init__(self, items: dict[str, list[dict[str, object]]]) -> None:
+        self.items = items
+
+    async def list(self, res: object, namespace: object = None) -> dict[str, object]:
+        return {"items": self.items.get(res.kind, [])}  # type: ignore[attr-defined]
+
+
+async def test_a_secret_value_anywhere_is_caught(tmp_path: Path) -> None:
+    from chaos.invariants import LOCAL_MODEL_NODES, secrets_by_value
+
+    canary = "canary-7f3a9c"
+    log = tmp_path / "agent.log"
+    log.write_text(f"downloading with token={canary}\n")
+    clean = tmp_path / "manager.log"
+    clean.write_text("nothing to see\n")
+    client = _FakeClient(
+        {
+            "Job": [{"metadata": {"name": "j", "namespace": "ns"}, "spec": {"env": [{"value": canary}]}}],
+            "Event": [{"metadata": {"name": "e", "namespace": "ns"}, "message": "fine"}],
+            "LocalModelNode": [{"metadata": {"name": "n"}, "status": {"message": f"auth {canary}"}}],
+        }
+    )
+    found = await secrets_by_value(client, {"HF_TOKEN": canary}, [log, clean], [LOCAL_MODEL_NODES])  # type: ignore[arg-type]
+    assert found == [
+        "the secret value 'HF_TOKEN' appears in Job ns/j",
+        "the secret value 'HF_TOKEN' appears in LocalModelNode n status",
+        "the secret value 'HF_TOKEN' appears in log agent.log",
+    ]
