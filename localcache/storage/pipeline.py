@@ -214,27 +214,30 @@ def _tune_malloc() -> None:
         pass
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+async def _main(uri: str, dest: str) -> None:
+    # kubelet stops a Job's pod with SIGTERM: cancel cleanly (at an await, never mid-write), so every
+    # worker records the bytes it wrote and the next attempt resumes from there.
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    await download(uri, dest)
 
 
 def run(uri: str, dest: str, *, termination_log: str | None = None) -> int:
     """The program: download, print one error line on failure, return the exit code."""
     configure_logging()
     _tune_malloc()
-    # kubelet stops a Job's pod with SIGTERM: unwind like Ctrl-C so partial ranges are recorded.
-    signal.signal(signal.SIGTERM, _interrupt)
     term = (
         termination_log
         if termination_log is not None
         else os.environ.get("LOCALCACHE_TERMINATION_LOG", "/dev/termination-log")
     )
     try:
-        asyncio.run(download(uri, dest))
+        asyncio.run(_main(uri, dest))
         return 0
     except DownloadError as exc:
         error = exc
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):
         error = DownloadError(
             FailureReason.UNKNOWN, "interrupted (SIGINT/SIGTERM); partial bytes kept for resume"
         )
