@@ -21,11 +21,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("dest_path", help="directory to publish the model into (e.g. /mnt/models)")
     # The storage-initializer accepts extra (src, dest) pairs; a Job for the local cache sends one.
-    parser.add_argument("extra", nargs="*", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if len(args.extra) % 2:
+    args, extra = parser.parse_known_args(argv)
+    if len(extra) % 2 or any(e.startswith("-") for e in extra):
         parser.error("arguments must come in <src_uri> <dest_path> pairs")
-    pairs = [(args.src_uri, args.dest_path), *zip(args.extra[::2], args.extra[1::2], strict=True)]
+    pairs = [(args.src_uri, args.dest_path), *zip(extra[::2], extra[1::2], strict=True)]
     for src, dest in pairs:
         code = run(src, dest)
         if code:
