@@ -402,3 +402,27 @@ async def test_deleting_a_node_kills_and_removes_its_pods(
         return False
 
     await eventually(pod_gone, within=30, interval=0.2, what="pod of the deleted node removed")
+
+
+async def test_job_active_deadline_stops_the_process(
+    sim: NodeSimulator, client: Client, namespace: str
+) -> None:
+    """The real Job controller enforces activeDeadlineSeconds by deleting the pod; the simulated kubelet
+    must stop the process for it."""
+    sim.images["sim/shell"] = None
+    node = await sim.add_node(f"a-{namespace[2:]}")
+    job = _shell_job("deadline", node.name, ["sleep", "300"])
+    job["spec"]["template"]["spec"]["volumes"] = []
+    job["spec"]["activeDeadlineSeconds"] = 3
+    await client.create(JOBS, job, namespace)
+    await _job_condition(client, "deadline", namespace, "Failed")
+    reasons = [
+        c.get("reason") for c in (await client.get(JOBS, "deadline", namespace))["status"]["conditions"]
+    ]
+    assert "DeadlineExceeded" in reasons, reasons
+    (run,) = sim.runs_for_job("deadline", namespace)
+
+    async def stopped() -> bool:
+        return run.done.is_set() and not any(_alive(pid) for pid in run.pids)
+
+    await eventually(stopped, within=30, interval=0.2, what="the deadline-exceeded pod's process stopped")
