@@ -293,6 +293,9 @@ async def main_async(args: argparse.Namespace) -> int:
     except EnvtestError as exc:
         print(f"demo: the control plane did not start: {exc}", file=sys.stderr)
         return 2
+    except (RuntimeError, OSError) as exc:  # a source's data missing, a process that died at start
+        print(f"demo: the system did not start: {exc}", file=sys.stderr)
+        return 2
     code = 0
     try:
         demo = Demo(system, args.timeout)
