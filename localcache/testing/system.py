@@ -275,6 +275,7 @@ class LocalSystem:
         self.plane = plane
         self._own_workdir = workdir is None
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="localcache-system-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
         self.workdir.chmod(0o755)
         self.node_specs = {n.name: n for n in nodes}
         self.want_manager = manager
