@@ -261,8 +261,9 @@ class Run:
         elif kind == "watch_410":
             proxy.add(WatchError(410), watch=True, times=rng.randint(1, 3))
         elif kind == "manager_kill":
-            victim = rng.choice(chaos.managers)
-            if not chaos.kill(victim, down_for=rng.uniform(0.5, 4)):
+            pick = rng.random()
+            alive = await _alive(lambda: chaos.managers, within=15)
+            if not alive or not chaos.kill(alive[int(pick * len(alive))], down_for=rng.uniform(0.5, 4)):
                 return False
         elif kind == "leader_change":
             holder, victim = await _live_leader(chaos, within=30)
@@ -270,8 +271,9 @@ class Run:
                 return False
             self._later(0, lambda: self._observe_new_leader(holder))
         elif kind == "agent_kill":
-            node = rng.choice(sorted(system.agents))
-            if not chaos.kill_agent(node, down_for=rng.uniform(0.5, 4)):
+            pick = rng.random()
+            alive = await _alive(lambda: [system.agents[n] for n in sorted(system.agents)], within=15)
+            if not alive or not chaos.kill(alive[int(pick * len(alive))], down_for=rng.uniform(0.5, 4)):
                 return False
         elif kind == "download_kill":
             runs = await _wait_for_downloads(chaos, within=30)
@@ -425,6 +427,17 @@ def _chown_agent(path: Path) -> None:
 
     if os.geteuid() == 0:
         os.chown(path, AGENT_UID, AGENT_UID)
+
+
+async def _alive(processes: Callable[[], list[Any]], within: float) -> list[Any]:
+    """The running ones among ``processes()``, waiting up to ``within`` seconds for one (a process may
+    be in its crash back-off right now)."""
+    deadline = time.monotonic() + within
+    alive = [p for p in processes() if p.alive]
+    while not alive and time.monotonic() < deadline:
+        await asyncio.sleep(0.3)
+        alive = [p for p in processes() if p.alive]
+    return alive
 
 
 async def _live_leader(chaos: ChaosSystem, within: float) -> tuple[str | None, Any]:
