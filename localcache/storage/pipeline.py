@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import TextIO
 
+from localcache.storage.archive import is_archive
 from localcache.storage.errors import DownloadError, FailureReason, format_error_line
 from localcache.storage.layout import STATE_DIR, Staging, UnsafePathError, safe_relpath
 from localcache.storage.marker import Marker, now, read_marker, write_marker
@@ -165,6 +166,16 @@ async def download(
             raise
         finally:
             await progress.stop()
+    verified = sorted(f.path for f, _ in files if f.expected)
+    if parsed.scheme in ("http", "https") and len(results) == 1 and is_archive(results[0].path):
+        from localcache.storage.archive import extract
+
+        archive_verified = bool(verified)
+        try:
+            results = await asyncio.to_thread(extract, staging.root, results[0].path)
+        except OSError as exc:
+            raise os_error_to_download_error(exc, f"destination {dest}") from None
+        verified = [f.path for f in results] if archive_verified else []
     marker = Marker(
         uri=uri,
         revision=listing.revision,
@@ -173,7 +184,7 @@ async def download(
         started_at=started,
         completed_at=now(),
         duration_s=round(time.monotonic() - t0, 3),
-        verified=sorted(f.path for f, _ in files if f.expected),
+        verified=verified,
     )
     try:
         staging.publish(lambda d: write_marker(d, marker, fsync=settings.fsync))

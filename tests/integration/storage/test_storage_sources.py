@@ -398,3 +398,41 @@ async def test_hub_resolve_headers_match_what_the_client_expects(hub: HfHubServe
     raw = (minilm_dir() / "config.json").read_bytes()
     blob = hashlib.sha1(b"blob %d\0" % len(raw) + raw).hexdigest()
     assert small.etag == blob  # git blob id, like the Hub for non-LFS files
+
+
+async def test_https_archives_are_unpacked_like_kserve(tmp_path: Path) -> None:
+    import io
+    import tarfile
+    import zipfile
+
+    root = tmp_path / "www"
+    root.mkdir()
+    payload = {"config.json": b'{"a": 1}', "weights/model.bin": os.urandom(300_000)}
+    with tarfile.open(root / "model.tar.gz", "w:gz") as tf:
+        for name, data in payload.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    with zipfile.ZipFile(root / "model.zip", "w") as zf:
+        for name, data in payload.items():
+            zf.writestr(name, data)
+    with tarfile.open(root / "evil.tar", "w") as tf:
+        info = tarfile.TarInfo("../escape.txt")
+        info.size = 1
+        tf.addfile(info, io.BytesIO(b"x"))
+    async with HttpFileServer(root) as web:
+        for archive in ("model.tar.gz", "model.zip"):
+            dest = tmp_path / archive
+            res = await run_download(f"{web.url}/{archive}", dest)
+            assert res.code == 0, res.stderr
+            marker = read_marker(dest)
+            assert marker is not None
+            assert sorted(f.path for f in marker.files) == sorted(payload)
+            assert sorted(marker.verified) == sorted(payload)  # the archive's digest was checked
+            for name, data in payload.items():
+                assert (dest / name).read_bytes() == data
+            assert not (dest / archive).exists()
+        res = await run_download(f"{web.url}/evil.tar", tmp_path / "evil" / "d")
+        assert res.reason is FailureReason.UNSAFE_PATH
+        assert not (tmp_path / "evil" / "escape.txt").exists()
+        assert not (tmp_path / "evil" / "d").exists()
