@@ -505,6 +505,12 @@ def seed_disks(system: LocalSystem, uris: Sequence[str]) -> int:
     return written
 
 
+def serve_models(system: LocalSystem, uris: Sequence[str]) -> None:
+    (system.http_root / "models").mkdir(parents=True, exist_ok=True)
+    for uri in uris:
+        (system.http_root / "models" / uri.rsplit("/", 1)[1]).write_bytes(MODEL_BYTES)
+
+
 def cache_body(name: str, uri: str) -> dict[str, Any]:
     return {
         "apiVersion": "serving.kserve.io/v1alpha1",
@@ -650,7 +656,12 @@ async def run_scenario(sc: Scenario, timeout_s: float, idle_s: float, settle_s: 
         ],
     )
     nodes = [NodeSpec(f"bench-node-{i:03d}", {GPU_LABEL: GPU_PRODUCT}) for i in range(sc.nodes)]
-    system = LocalSystem(plane=plane, workdir=workdir / "system", nodes=nodes, s3=False)
+    # Seeded folders stand for downloads that finish at once; the agents' disk GC must not take them for
+    # orphans (its default grace is 10 min) while a slow run has not yet put their entries in the spec.
+    agent_args = ["--gc-grace-period=86400"] if sc.mode == "seeded" else []
+    system = LocalSystem(
+        plane=plane, workdir=workdir / "system", nodes=nodes, s3=False, agent_args=agent_args
+    )
     bench_client: Client | None = None
     watchers: list[asyncio.Task[None]] = []
     t_start = time.monotonic()
@@ -667,14 +678,13 @@ async def run_scenario(sc: Scenario, timeout_s: float, idle_s: float, settle_s: 
         await apply_documents(system.client, guide_example("01-inferenceservice-config-localmodel.yaml"))
         await apply_documents(system.client, guide_example("08-local-model-node-group.yaml"))
         uris = [model_uri(system.http.url, i) for i in range(sc.caches)]
+        # The source serves every model in both modes, so a Job made in seeded mode (which the check
+        # below reports) would still succeed instead of looping on failures.
+        await asyncio.to_thread(serve_models, system, uris)
         if sc.mode == "seeded":
             t_seed = time.monotonic()
             folders = await asyncio.to_thread(seed_disks, system, uris)
             say(f"{sc.name}: seeded {folders} model folders in {time.monotonic() - t_seed:.1f}s")
-        else:
-            (system.http_root / "models").mkdir(parents=True, exist_ok=True)
-            for uri in uris:
-                (system.http_root / "models" / uri.rsplit("/", 1)[1]).write_bytes(MODEL_BYTES)
         bench_client = await Client.from_kubeconfig(system.kubeconfig)
         progress = Progress(sc.caches, sc.nodes)
         watchers = [
@@ -911,6 +921,13 @@ def record_metrics_checks(
     }
     errors = sum(reconcile_errors.values())
     out.put("manager_reconcile_errors", errors, "errors")
+    out.put("agent_jobs_created", a_metrics.jobs_created, "jobs")
+    if sc.mode == "seeded":
+        out.check(
+            "seeded_no_jobs",
+            a_metrics.jobs_created == 0,
+            f"agents created {a_metrics.jobs_created:.0f} download Jobs for models already on disk",
+        )
     downloaded = int(last.agents_total.agent_models.get(DOWNLOADED, 0))
     seen = int(out.figures.get("models_reported", (pairs, ""))[0] or 0)
     if not out.figures.get("converged", (0, ""))[0]:
@@ -922,7 +939,6 @@ def record_metrics_checks(
         f"sum of localcache_agent_models{{status=ModelDownloaded}} over agents = {downloaded}, "
         f"the benchmark's watch saw {seen} (cache, node) pairs reported",
     )
-    out.put("agent_jobs_created", a_metrics.jobs_created, "jobs")
 
 
 # ---- the matrix --------------------------------------------------------------------------------------
@@ -1058,5 +1074,21 @@ def write(
     )
 
 
+async def main_cancellable() -> int:
+    """SIGTERM/SIGINT cancel the run, so every scenario's ``finally`` stops what it started; the
+    result file already holds the scenarios finished before."""
+    import signal
+
+    task = asyncio.ensure_future(main())
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        return await task
+    except asyncio.CancelledError:
+        say("interrupted; stopped what this run started")
+        return 130
+
+
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main()))
+    sys.exit(asyncio.run(main_cancellable()))
