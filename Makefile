@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ENVTEST_DIR = $(shell hack/envtest/build.sh --print-dir)
 
-.PHONY: help venv test unit integration e2e lint fmt envtest manifests demo bench bench-runtime bench-download chaos clean
+.PHONY: help venv lock test unit integration e2e lint fmt envtest manifests demo bench bench-runtime bench-download chaos clean
 
 help:
 	@echo "make demo       the whole system on this machine (real kube-apiserver, simulated nodes, local hub)"
@@ -17,13 +17,21 @@ help:
 	@echo "make manifests  regenerate manifests/crds from localcache/api"
 	@echo "make bench      every benchmark, results in bench/results/"
 
-$(STAMP): pyproject.toml
+# constraints.txt pins every dependency to the versions the suite passes with: without it pip's resolver
+# can spend half an hour backtracking over boto3/botocore/aiobotocore releases.
+$(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	@touch $@
 
 venv: $(STAMP)
+
+# Refresh constraints.txt after changing dependencies: resolve once without it, test, then lock.
+lock:
+	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock && .venv-lock/bin/pip install -q -e '.[dev]'
+	{ head -2 constraints.txt; .venv-lock/bin/pip freeze --exclude-editable | grep -v '^-e'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt && rm -rf .venv-lock
 
 envtest:
 	@hack/envtest/build.sh

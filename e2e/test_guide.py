@@ -97,11 +97,6 @@ async def test_step4_create_the_cache_downloads_on_each_group_node(e2e: E2E) -> 
     assert pvc["spec"]["storageClassName"] == "local-storage"
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="manifests/base/rbac/manager.yaml grants patch on localmodelnodegroups/status, but the node "
-    "group CRD has no status subresource, so the manager's status patch is forbidden (403)",
-)
 async def test_node_group_reports_its_storage_use_under_the_shipped_rbac(e2e: E2E) -> None:
     """The node-group controller writes ``status.used``/``available`` (an addition to KServe), running
     under the shipped ServiceAccount RBAC like everything in this system."""

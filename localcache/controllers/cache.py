@@ -54,6 +54,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential_jitter
+
 from localcache.api.base import format_time
 from localcache.api.conditions import Condition, ConditionType, set_condition
 from localcache.api.constants import (
@@ -1324,10 +1326,25 @@ def _not_resync() -> Predicate:
 
 
 # ---- wiring ----------------------------------------------------------------------------------------
-async def consumers_available(client: Any) -> bool:
-    """Whether the InferenceService API exists (KServe installed); without it there are no consumers."""
+async def consumers_available(client: Any, patience: float = 60.0) -> bool:
+    """Whether the InferenceService API exists (KServe installed); without it there are no consumers.
+
+    Asked once at start-up, when an API server that has just restarted may still answer discovery with
+    500s or a 403 from a cold authorizer: those are retried with backoff for ``patience`` seconds rather
+    than ending the process. Only NotFound means "not installed".
+    """
+    retrying = AsyncRetrying(
+        retry=retry_if_exception(
+            lambda exc: isinstance(exc, errors.ApiError) and not isinstance(exc, errors.NotFound)
+        ),
+        wait=wait_exponential_jitter(initial=0.2, max=5.0),
+        stop=stop_after_delay(patience),
+        reraise=True,
+    )
     try:
-        await client.resource_for(INFERENCE_SERVICES.api_version, INFERENCE_SERVICES.kind)
+        async for attempt in retrying:
+            with attempt:
+                await client.resource_for(INFERENCE_SERVICES.api_version, INFERENCE_SERVICES.kind)
     except errors.NotFound:
         return False
     return True

@@ -44,11 +44,6 @@ def _ready(port: int) -> bool:
         return False
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug (localcache/controllers/cache.py consumers_available, called by cmd/manager.py at start): "
-    "one 500 from API discovery makes the manager exit with code 1 instead of retrying",
-)
 async def test_manager_retries_a_transient_discovery_error(
     cluster: TestCluster, proxy: FaultProxy, tmp_path: Path
 ) -> None:

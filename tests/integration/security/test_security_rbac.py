@@ -169,13 +169,6 @@ async def test_manager_cannot_read_secrets_create_jobs_or_caches(manager: Client
     await _forbidden(lambda: manager.list(CLUSTER_ROLE_BINDINGS))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug (manifests/base/rbac/manager.yaml vs localcache/controllers/nodegroup.py): the "
-    "LocalModelNodeGroup CRD has no status subresource, so the node-group controller merge-patches the "
-    "object itself, but the manager's role grants patch only on localmodelnodegroups/status: every "
-    "node-group status write is 403 (148 such errors in one chaos run)",
-)
 async def test_manager_can_write_node_group_status_as_its_controller_does(
     admin: Client, manager: Client
 ) -> None:
