@@ -152,7 +152,7 @@ class ControlPlane:
     identity (``system:masters``); ``user_kubeconfig`` makes one for any other user, for RBAC tests.
     """
 
-    controllers: tuple[str, ...] | None = ("garbagecollector", "job", "namespace")
+    controllers: tuple[str, ...] | None = ("garbagecollector", "job", "namespace", "ttl-after-finished")
     crd_dirs: Iterable[Path] = DEFAULT_CRD_DIRS
     workdir: Path | None = None
     kubeconfig: Path | None = None
