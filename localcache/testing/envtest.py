@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
-import ctypes
 import json
 import os
 import shutil
@@ -37,6 +36,7 @@ import yaml
 
 from localcache.testing.certs import KeyPair, TinyCA, rsa_signing_key
 from localcache.testing.faultproxy import ProxyTLS
+from localcache.testing.processes import die_with_parent
 
 #: The Kubernetes release that ``hack/envtest/go.mod`` pins; a unit test keeps the two equal.
 K8S_VERSION = "1.36.3"
@@ -77,12 +77,6 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _die_with_parent() -> None:
-    """Runs in the child before exec: SIGKILL it when the process that started it dies."""
-    pr_set_pdeathsig = 1
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
-
-
 @dataclass
 class _Process:
     name: str
@@ -98,7 +92,7 @@ class _Process:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
                 start_new_session=True,
             )
         finally:

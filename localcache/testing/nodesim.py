@@ -34,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import ctypes
 import logging
 import os
 import re
@@ -61,6 +60,7 @@ from localcache.runtime.resources import (
     SECRETS,
     Resource,
 )
+from localcache.testing.processes import die_with_parent
 
 __all__ = [
     "DOWNLOAD_COMMAND",
@@ -95,11 +95,6 @@ _VAR_REF = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
 
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _die_with_parent() -> None:
-    """Runs in the child before exec: SIGKILL it when the simulator's process dies."""
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 class PodFailure(Exception):
@@ -1171,7 +1166,7 @@ class NodeSimulator:
                     stdout=out,
                     stderr=asyncio.subprocess.STDOUT,
                     start_new_session=True,
-                    preexec_fn=_die_with_parent,
+                    preexec_fn=die_with_parent,
                 )
             except OSError as exc:
                 return 128, "StartError", f"failed to start {argv[0]}: {exc}"

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import json
 import logging
 import os
@@ -49,6 +48,7 @@ from localcache.runtime.resources import Resource
 from localcache.testing.certs import TinyCA
 from localcache.testing.envtest import ControlPlane, assets_dir, free_port
 from localcache.testing.nodesim import GPU_LABEL, NodeSimulator, SimNode
+from localcache.testing.processes import die_with_parent
 
 __all__ = [
     "CLUSTER_STORAGE_CONTAINERS",
@@ -141,10 +141,6 @@ DEFAULT_NODES: tuple[NodeSpec, ...] = (
 )
 
 
-def _die_with_parent() -> None:
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
 def as_user_prefix(uid: int, gid: int, groups: Sequence[int] = ()) -> list[str]:
     """``setpriv`` arguments running a program as ``uid``/``gid`` that may still read any file (the
     interpreter lives under /root here; in a cluster it is in the image)."""
@@ -183,7 +179,7 @@ class ManagedProcess:
                 stderr=subprocess.STDOUT,
                 cwd=REPO_ROOT,
                 env=self.env,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
                 start_new_session=True,
             )
         log.info("process started name=%s pid=%s log=%s", self.name, self.popen.pid, self.log_path)
