@@ -356,7 +356,9 @@ async def test_sigterm_keeps_partial_bytes_for_the_next_attempt(web: HttpFileSer
     cut = 3 * MiB + 11
     web.faults["weights.bin"] = Fault("stall", after=cut)
     dest = tmp_path / "d"
-    env = clean_env(LOCALCACHE_CONNECTIONS="1", LOCALCACHE_STALL_TIMEOUT="600")
+    env = clean_env(
+        LOCALCACHE_CONNECTIONS="1", LOCALCACHE_STALL_TIMEOUT="600", LOCALCACHE_PROGRESS_INTERVAL="0.1"
+    )
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         str(DOWNLOAD),
@@ -365,19 +367,36 @@ async def test_sigterm_keeps_partial_bytes_for_the_next_attempt(web: HttpFileSer
         env=env,
         stderr=asyncio.subprocess.PIPE,
     )
-    deadline = asyncio.get_running_loop().time() + 60
-    while web.bytes_sent["weights.bin"] < cut:  # the pod is mid-transfer
-        assert asyncio.get_running_loop().time() < deadline, "download never reached the stall"
-        await asyncio.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    _, err = await proc.communicate()
+    try:
+        # Wait until the pod is mid-transfer: its progress lines count bytes written to disk.
+        assert proc.stderr is not None
+        async with asyncio.timeout(60):
+            while True:
+                line = (await proc.stderr.readline()).decode()
+                assert line, "download exited early"
+                if "progress bytes=" in line and int(line.split("progress bytes=")[1].split()[0]) >= MiB:
+                    break
+        proc.send_signal(signal.SIGTERM)
+        _, err = await proc.communicate()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
     assert proc.returncode == FailureReason.UNKNOWN.exit_code
     assert "interrupted" in err.decode()
+    states = [
+        json.loads(p.read_text())
+        for p in (tmp_path / ".d.localcache-staging" / ".localcache-state").glob("*.json")
+        if p.name != "job.json"
+    ]
+    kept = sum(int(v) for st in states for v in st["partial"].values())
+    assert MiB <= kept <= cut  # what was written before SIGTERM is recorded
     web.faults.clear()
     web.bytes_sent.clear()
     res = await run_download(f"{web.url}/weights.bin", dest, LOCALCACHE_CONNECTIONS="1")
     assert res.code == 0, res.stderr
-    assert web.bytes_sent["weights.bin"] == 6 * MiB + 1 - cut
+    assert web.bytes_sent["weights.bin"] == 6 * MiB + 1 - kept  # and exactly that is not fetched again
+    assert filecmp.cmp(web.root / "weights.bin", dest / "weights.bin", shallow=False)
 
 
 async def test_hub_resolve_headers_match_what_the_client_expects(hub: HfHubServer) -> None:
