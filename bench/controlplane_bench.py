@@ -38,7 +38,7 @@ rewritten after every scenario so a partial run keeps what it measured.
 
 Settings (environment):
 
-* ``BENCH_SCALE``: ``small`` | ``medium`` | ``full`` (default) | ``CxN[:jobs][:shipped-rbac],...``;
+* ``BENCH_SCALE``: ``small`` | ``medium`` | ``full`` (default) | ``CxN[:jobs],...``;
 * ``BENCH_IDLE_S`` (30) and ``BENCH_SETTLE_S`` (5: the pause between convergence and the idle window);
 * ``BENCH_TIMEOUT_S`` (900): how long one scenario may take to converge; one that does not is recorded
   with its partial progress (pairs reported, rate) and no idle figures;
@@ -108,7 +108,7 @@ MIB = 1024 * 1024
 
 SCALES: dict[str, list[str]] = {
     "small": ["10x10"],
-    "medium": ["10x10", "100x10", "10x50", "100x50", "10x10:shipped-rbac", "10x10:jobs"],
+    "medium": ["10x10", "100x10", "10x50", "100x50", "10x10:jobs"],
     "full": [
         "10x10",
         "100x10",
@@ -117,7 +117,6 @@ SCALES: dict[str, list[str]] = {
         "100x50",
         "1000x50",
         "1000x1",
-        "10x10:shipped-rbac",
         "10x10:jobs",
     ],
 }
@@ -132,52 +131,16 @@ rules:
 """
 
 
-#: The shipped manager ClusterRole grants ``patch`` on ``localmodelnodegroups/status`` only, but the CRD has
-#: no status subresource and the node-group controller merge-patches the object itself: every status
-#: write is refused (403) and retried with backoff. Scenarios apply this grant unless flagged
-#: ``shipped-rbac``, so the figures show the controllers' own scaling; ``shipped-rbac`` shows the cost.
-NODEGROUP_GRANT: list[dict[str, Any]] = [
-    {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "ClusterRole",
-        "metadata": {"name": "localcache-bench-nodegroup-patch"},
-        "rules": [
-            {
-                "apiGroups": ["serving.kserve.io"],
-                "resources": ["localmodelnodegroups"],
-                "verbs": ["patch", "update"],
-            }
-        ],
-    },
-    {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "ClusterRoleBinding",
-        "metadata": {"name": "localcache-bench-nodegroup-patch"},
-        "roleRef": {
-            "apiGroup": "rbac.authorization.k8s.io",
-            "kind": "ClusterRole",
-            "name": "localcache-bench-nodegroup-patch",
-        },
-        "subjects": [
-            {"kind": "ServiceAccount", "name": "localcache-controller-manager", "namespace": "kserve"}
-        ],
-    },
-]
-
-
 @dataclass(frozen=True)
 class Scenario:
     caches: int
     nodes: int
     mode: str = "seeded"  # or "jobs"
-    shipped_rbac: bool = False  # True: without the node-group patch grant (see NODEGROUP_GRANT)
 
     @property
     def name(self) -> str:
         base = f"{self.caches}caches-x-{self.nodes}nodes"
-        if self.mode != "seeded":
-            base += f"-{self.mode}"
-        return base + ("-shipped-rbac" if self.shipped_rbac else "")
+        return base if self.mode == "seeded" else f"{base}-{self.mode}"
 
     @property
     def pairs(self) -> int:
@@ -185,8 +148,8 @@ class Scenario:
 
 
 def parse_scale(value: str) -> list[Scenario]:
-    """``small``/``medium``/``full`` or a comma list of ``CxN[:flag...]``; flags: ``jobs`` (download
-    Jobs instead of seeded disks), ``shipped-rbac`` (without the node-group patch grant)."""
+    """``small``/``medium``/``full`` or a comma list of ``CxN`` / ``CxN:jobs`` (download Jobs instead of
+    seeded disks)."""
     specs = SCALES.get(value.strip()) or [s for s in value.split(",") if s.strip()]
     out = []
     for spec in specs:
@@ -194,14 +157,12 @@ def parse_scale(value: str) -> list[Scenario]:
         try:
             caches, nodes = (int(p) for p in shape.lower().split("x"))
         except ValueError:
-            raise SystemExit(
-                f"BENCH_SCALE entry {spec!r}: want CxN[:jobs][:shipped-rbac], e.g. 100x10"
-            ) from None
-        unknown = set(flags) - {"seeded", "jobs", "shipped-rbac"}
+            raise SystemExit(f"BENCH_SCALE entry {spec!r}: want CxN or CxN:jobs, e.g. 100x10") from None
+        unknown = set(flags) - {"seeded", "jobs"}
         if unknown or caches < 1 or nodes < 1:
             raise SystemExit(f"BENCH_SCALE entry {spec!r}: unknown flags {sorted(unknown)} or a size < 1")
         mode = "jobs" if "jobs" in flags else "seeded"
-        out.append(Scenario(caches, nodes, mode, "shipped-rbac" in flags))
+        out.append(Scenario(caches, nodes, mode))
     return out
 
 
@@ -673,8 +634,6 @@ async def run_scenario(sc: Scenario, timeout_s: float, idle_s: float, settle_s: 
         await system.start()
         assert system.client is not None and system.http is not None
         out.put("setup_s", time.monotonic() - t_start, "s")
-        if not sc.shipped_rbac:
-            await apply_documents(system.client, NODEGROUP_GRANT)
         await apply_documents(system.client, guide_example("01-inferenceservice-config-localmodel.yaml"))
         await apply_documents(system.client, guide_example("08-local-model-node-group.yaml"))
         uris = [model_uri(system.http.url, i) for i in range(sc.caches)]
@@ -956,7 +915,7 @@ def previous_outcomes(path: Path, skip: set[str]) -> list[Outcome]:
         return []
     kept: dict[str, Outcome] = {}
     for spec in doc.get("parameters", {}).get("scenario_specs", []):
-        sc = Scenario(spec["caches"], spec["nodes"], spec["mode"], spec["shipped_rbac"])
+        sc = Scenario(spec["caches"], spec["nodes"], spec["mode"])
         if sc.name not in skip:
             kept[sc.name] = Outcome(sc)
     for row in doc.get("results", []):
@@ -1079,6 +1038,7 @@ async def main_cancellable() -> int:
     result file already holds the scenarios finished before."""
     import signal
 
+    parse_scale(os.environ.get("BENCH_SCALE", "full"))  # a bad setting fails before anything starts
     task = asyncio.ensure_future(main())
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
