@@ -9,8 +9,9 @@ from urllib.parse import urlparse
 
 from localcache.storage.errors import DownloadError, FailureReason
 
-_HF_REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
-_BUCKET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,254}$")
+# Used with fullmatch: '$' alone would also accept a name ending in a newline.
+_HF_REPO = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
+_BUCKET = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{1,254}")
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ def parse_uri(uri: str) -> ModelUri:
     if uri.startswith("hf://"):
         rest = uri[len("hf://") :].strip("/")
         repo, _, revision = rest.partition(":")
-        if not _HF_REPO.match(repo) or ".." in repo:
+        if not _HF_REPO.fullmatch(repo) or ".." in repo:
             raise _invalid(uri, "expected hf://<owner>/<model>[:<revision>]")
         if _ and not revision:
             raise _invalid(uri, "empty revision after ':'")
@@ -45,18 +46,24 @@ def parse_uri(uri: str) -> ModelUri:
         scheme = uri[:2]
         rest = uri[5:]
         bucket, _, prefix = rest.partition("/")
-        if not _BUCKET.match(bucket):
+        if not _BUCKET.fullmatch(bucket):
             raise _invalid(uri, f"bad bucket name {bucket!r}")
         if any(part == ".." for part in prefix.split("/")):
             raise _invalid(uri, "object prefix must not contain '..'")
         return ModelUri(uri, scheme, bucket, path=prefix)
     if uri.startswith(("http://", "https://")):
-        parsed = urlparse(uri)
+        try:
+            parsed = urlparse(uri)
+        except ValueError as exc:  # e.g. an unbalanced '[' in the host
+            raise _invalid(uri, str(exc)) from exc
         if not parsed.netloc:
             raise _invalid(uri, "missing host")
         return ModelUri(uri, parsed.scheme, uri)
     if uri.startswith("file://"):
-        path = urlparse(uri).path
+        try:
+            path = urlparse(uri).path
+        except ValueError as exc:
+            raise _invalid(uri, str(exc)) from exc
         if not path:
             raise _invalid(uri, "missing path")
         return ModelUri(uri, "file", str(Path(path)))

@@ -66,22 +66,12 @@ def test_hostile_uri_refused_naming_the_uri(uri: str) -> None:
     assert "storage URI" in str(info.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug (localcache/storage/uri.py): parse_uri('http://[') raises ValueError('Invalid IPv6 URL') "
-    "from urllib instead of DownloadError(INVALID_REQUEST), so the download exits 1 (Unknown)",
-)
 def test_unbalanced_ipv6_bracket_is_an_invalid_request() -> None:
     with pytest.raises(DownloadError) as info:
         parse_uri("http://[")
     assert info.value.reason is FailureReason.INVALID_REQUEST
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug (localcache/storage/uri.py): the bucket and hf-repo patterns end in '$', which also "
-    "matches before a trailing newline, so 's3://bucket\\n/model' is accepted with bucket 'bucket\\n'",
-)
 def test_newline_in_bucket_is_refused() -> None:
     with pytest.raises(DownloadError):
         parse_uri("s3://bucket\n/model")
