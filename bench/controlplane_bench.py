@@ -208,6 +208,7 @@ class Scrape:
     agent_models: Counter[str] = field(default_factory=Counter)  # status → gauge
     jobs_created: float = 0.0
     request_bytes: float = 0.0  # rest_client_request_size_bytes_sum over verbs
+    queue_depth: float = 0.0  # workqueue_depth over controllers
     response_bytes: float = 0.0  # rest_client_response_size_bytes_sum over verbs
 
     def reads(self) -> int:
@@ -234,6 +235,8 @@ def scrape(port: int) -> Scrape:
                 out.agent_models[labels.get("status", "")] += sample.value
             elif sample.name == "localcache_agent_download_jobs_created_total":
                 out.jobs_created += sample.value
+            elif sample.name == "workqueue_depth":
+                out.queue_depth += sample.value
             elif sample.name == "rest_client_request_size_bytes_sum":
                 out.request_bytes += sample.value
             elif sample.name == "rest_client_response_size_bytes_sum":
@@ -846,6 +849,10 @@ def record(
     out.put("idle_agent_cpu_percent_max", 100 * max(idle_cpu.values(), default=0.0) / window, "%")
     out.put("idle_agent_cpu_percent_mean", 100 * sum(idle_cpu.values()) / max(1, len(idle_cpu)) / window, "%")
     out.put("idle_manager_cpu_percent", 100 * (idle1.manager_cpu - idle0.manager_cpu) / window, "%")
+    idle_reconciles = sum(delta(idle1.manager, idle0.manager).reconciles.values())
+    out.put("idle_manager_reconciles", idle_reconciles, "reconciles")
+    out.put("manager_queue_depth_at_convergence", conv.manager.queue_depth, "items")
+    out.put("manager_queue_depth_after_idle", idle1.manager.queue_depth, "items")
 
     record_metrics_checks(out, sc, base, conv, idle1, a_metrics)
 
