@@ -15,6 +15,7 @@ import argparse
 import json
 import sys
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,7 @@ CONTROLPLANE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("idle_agents_writes", "idle agent writes"),
     ("idle_agent_cpu_percent_max", "idle agent CPU % (max)"),
     ("loadavg_1m_at_start", "load at start"),
+    ("started_at_unix", "started (UTC)"),
 )
 
 
@@ -205,13 +207,20 @@ def controlplane_goals(by: Mapping[str, Mapping[str, Any]]) -> list[list[Any]]:
     return rows
 
 
+def _cell(figures: Mapping[str, Any], metric: str) -> Any:
+    value = figures.get(metric)
+    if metric == "started_at_unix" and isinstance(value, (int, float)):
+        return datetime.fromtimestamp(value, UTC).strftime("%m-%d %H:%M")
+    return value
+
+
 def controlplane_section(doc: Mapping[str, Any]) -> list[str]:
     by = _by_scenario(doc)
     scenarios = [k for k in by if k != "scaling"]
     out = ["Per scenario (times from the first cache create; requests from creation to convergence):", ""]
     out += table(
         ["scenario", *(title for _, title in CONTROLPLANE_COLUMNS)],
-        [[s, *(by[s].get(m) for m, _ in CONTROLPLANE_COLUMNS)] for s in scenarios],
+        [[s, *(_cell(by[s], m) for m, _ in CONTROLPLANE_COLUMNS)] for s in scenarios],
     )
     out += [
         "",
