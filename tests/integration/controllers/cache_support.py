@@ -353,3 +353,7 @@ async def _true(value: bool) -> bool:
 
 async def _gone(env: CacheEnv, res: Resource, name: str, ns: str | None) -> bool:
     return await env.get(res, name, ns) is None
+
+
+def cond(status: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next((c for c in status.get("conditions") or [] if c["type"] == type_), {})

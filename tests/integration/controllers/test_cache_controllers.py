@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -18,7 +17,6 @@ from localcache.controllers import (
     LOCAL_MODEL_NODE_GROUPS,
 )
 from localcache.controllers import LOCAL_MODEL_NODES as LMN
-from localcache.runtime import Client
 from localcache.runtime.resources import (
     CONFIGMAPS,
     EVENTS,
@@ -28,29 +26,12 @@ from localcache.runtime.resources import (
 )
 from localcache.testing.pytest_plugin import TestCluster
 from localcache.testing.wait import eventually
-from tests.integration.controllers.test_cache_support import CacheEnv, CountingClient
+from tests.integration.controllers.cache_support import CacheEnv, CountingClient, cond
 
 pytestmark = pytest.mark.integration
 
 MODEL = "internal.serving.kserve.io/localmodel"
 MODEL_NS = "internal.serving.kserve.io/localmodel-namespace"
-
-
-@pytest.fixture
-async def env(cluster: TestCluster, namespace: str) -> AsyncIterator[CacheEnv]:
-    async with (
-        await Client.from_kubeconfig(cluster.kubeconfig) as admin,
-        await CountingClient.from_kubeconfig(cluster.kubeconfig) as client,
-    ):
-        e = CacheEnv(admin, client, namespace)
-        try:
-            yield e
-        finally:
-            await e.cleanup()
-
-
-def cond(status: dict[str, Any], type_: str) -> dict[str, Any]:
-    return next((c for c in status.get("conditions") or [] if c["type"] == type_), {})
 
 
 async def test_two_groups_nodes_joining_and_agents_reporting(env: CacheEnv) -> None:

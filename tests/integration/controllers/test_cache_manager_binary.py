@@ -7,36 +7,21 @@ import asyncio
 import json
 import signal
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 
 from localcache.controllers import LOCAL_MODEL_CACHES
-from localcache.runtime import Client
 from localcache.runtime.resources import CONFIGMAPS, LEASES
 from localcache.testing.envtest import free_port
 from localcache.testing.pytest_plugin import TestCluster
 from localcache.testing.wait import eventually
-from tests.integration.controllers.test_cache_support import CacheEnv, CountingClient
+from tests.integration.controllers.cache_support import CacheEnv
 
 pytestmark = pytest.mark.integration
 
 MANAGER = Path(__file__).resolve().parents[3] / "cmd" / "manager.py"
-
-
-@pytest.fixture
-async def env(cluster: TestCluster, namespace: str) -> AsyncIterator[CacheEnv]:
-    async with (
-        await Client.from_kubeconfig(cluster.kubeconfig) as admin,
-        await CountingClient.from_kubeconfig(cluster.kubeconfig) as client,
-    ):
-        e = CacheEnv(admin, client, namespace)
-        try:
-            yield e
-        finally:
-            await e.cleanup()
 
 
 async def status_code(url: str) -> int:

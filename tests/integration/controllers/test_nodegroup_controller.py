@@ -4,38 +4,18 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from localcache.controllers import LOCAL_MODEL_CACHES, LOCAL_MODEL_NODE_GROUPS
-from localcache.runtime import Client
 from localcache.runtime.resources import EVENTS
-from localcache.testing.pytest_plugin import TestCluster
 from localcache.testing.wait import eventually
-from tests.integration.controllers.test_cache_support import CacheEnv, CountingClient
+from tests.integration.controllers.cache_support import CacheEnv, cond
 
 pytestmark = pytest.mark.integration
 
 GI = 2**30
-
-
-@pytest.fixture
-async def env(cluster: TestCluster, namespace: str) -> AsyncIterator[CacheEnv]:
-    async with (
-        await Client.from_kubeconfig(cluster.kubeconfig) as admin,
-        await CountingClient.from_kubeconfig(cluster.kubeconfig) as client,
-    ):
-        e = CacheEnv(admin, client, namespace)
-        try:
-            yield e
-        finally:
-            await e.cleanup()
-
-
-def cond(status: dict[str, Any], type_: str) -> dict[str, Any]:
-    return next((c for c in status.get("conditions") or [] if c["type"] == type_), {})
 
 
 async def test_group_usage_and_insufficient_storage(env: CacheEnv) -> None:
