@@ -82,6 +82,9 @@ def machine_info() -> dict[str, Any]:
 
 
 def _git_commit() -> str | None:
+    """``BENCH_GIT_COMMIT`` when the benchmark runs from an exported tree (``git archive``), else HEAD."""
+    if os.environ.get("BENCH_GIT_COMMIT"):
+        return os.environ["BENCH_GIT_COMMIT"]
     try:
         out = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"],
