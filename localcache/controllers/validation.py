@@ -123,6 +123,12 @@ class CacheValidator:
         uri = (obj.get("spec") or {}).get("sourceModelUri")
         if not isinstance(uri, str) or not uri:
             return AdmissionResponse.allow()  # the CRD schema rejects it with a better message
+        old_uri = ((req.old_object or {}).get("spec") or {}).get("sourceModelUri")
+        if req.operation == "UPDATE" and old_uri == uri:
+            # The URI did not change (the CRD makes it immutable), so this update cannot create a
+            # duplicate: skip the LIST of every cache, which made each finalizer or label write cost
+            # O(caches) and the whole control plane O(caches^2) (bench/README.md, finding 5).
+            return AdmissionResponse.allow()
         items, _ = await self.client.list_all(LOCAL_MODEL_CACHES)
         for other in sorted(items, key=lambda o: str(_meta(o).get("name"))):
             other_name = _meta(other).get("name")

@@ -25,9 +25,28 @@ async def test_duplicate_uri_is_rejected_on_create_and_update_with_kserves_messa
     resp = await validator.handle(review("CREATE", cache_obj("second", "s3://foo", ["g"])))
     assert not resp.allowed and resp.message == "LocalModelCache first has the same StorageURI s3://foo"
     resp = await validator.handle(
-        review("UPDATE", cache_obj("second", "s3://foo", ["g"]), old=cache_obj("second", "s3://foo", ["g"]))
+        review("UPDATE", cache_obj("second", "s3://foo", ["g"]), old=cache_obj("second", "s3://bar", ["g"]))
     )
     assert not resp.allowed
+
+
+async def test_update_that_keeps_the_uri_is_allowed_without_listing_every_cache() -> None:
+    """The URI is immutable, so an update (a finalizer, a label) cannot create a duplicate; listing all
+    caches for it made the control plane O(caches^2). KServe checks anyway, which can also block the
+    finalizer of a duplicate that slipped in while the webhook was down."""
+    client = FakeClient()
+    client.put(LOCAL_MODEL_CACHES, cache_obj("first", "s3://foo", ["g"]))
+
+    async def no_list(*_args: object, **_kw: object) -> object:
+        raise AssertionError("an update that keeps the URI must not LIST caches")
+
+    client.list_all = no_list  # type: ignore[method-assign]
+    resp = await CacheValidator(client).handle(
+        review(
+            "UPDATE", cache_obj("second", "s3://foo", ["g", "h"]), old=cache_obj("second", "s3://foo", ["g"])
+        )
+    )
+    assert resp.allowed
 
 
 async def test_overlaps_trailing_slashes_and_itself_are_allowed() -> None:
