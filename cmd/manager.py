@@ -57,7 +57,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--disable-webhooks", default="", help="comma-separated webhook names not to serve (or 'all')"
     )
-    parser.add_argument("--max-concurrent-reconciles", type=int, default=4)
+    parser.add_argument(
+        "--max-concurrent-reconciles",
+        type=int,
+        default=16,
+        help="cache reconciles in flight at once; their LocalModelNode changes are batched into one "
+        "write per node, so more workers mean fewer, larger writes when many caches change together",
+    )
     parser.add_argument("--log-level", default=os.environ.get("LOCALCACHE_LOG_LEVEL", "INFO"))
     parser.add_argument(
         "--log-format", choices=("text", "json"), default=os.environ.get("LOCALCACHE_LOG_FORMAT", "text")

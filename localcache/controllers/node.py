@@ -17,7 +17,8 @@ does on each pass (reference §3, with the fixes of §9.2):
    the attempt number rides on the Job so the backoff survives restarts;
 4. deletes Jobs whose storage key no spec entry wants (background propagation), and, after a grace
    period, our orphaned folders (:mod:`~localcache.controllers.diskgc`);
-5. writes ``status`` (subresource, optimistic concurrency, retried on conflict) only when it changed:
+5. writes ``status`` (the subresource, one JSON-patch replace: the agent is its only writer) only when
+   it changed:
    ``modelStatus`` (KServe's enum), ``modelStatusDetails`` (failure ``reason``, ``attempt``,
    ``nextAttemptTime``, ``startTime``/``completionTime``, ``bytes``/``totalBytes``, Job name,
    transition time and a human-readable message), ``capacity`` (the disk's total/used/available bytes)
@@ -88,7 +89,7 @@ from localcache.controllers.downloadjob import (
     job_storage_key,
 )
 from localcache.controllers.hostpath import PreflightResult, groups_for_node, preflight
-from localcache.runtime import SYSTEM_CLOCK, ApiError, Clock, Conflict, NotFound
+from localcache.runtime import SYSTEM_CLOCK, ApiError, Clock, NotFound
 from localcache.runtime.reconcile import Request, Result
 from localcache.runtime.resources import CONFIGMAPS, JOBS, NODES, PODS, Resource
 from localcache.storage import FailureReason, parse_error_line, read_marker
@@ -365,6 +366,9 @@ class NodeAgent:
         self._preflight_key: tuple[Any, ...] | None = None
         self._preflight: PreflightResult | None = None
         self.last_preflight: PreflightResult | None = None
+        # (resourceVersion the status was computed from, status written): skips a rewrite while the
+        # informer still shows the object from before our own write
+        self._last_write: tuple[str, dict[str, Any]] | None = None
 
     @property
     def node_name(self) -> str:
@@ -569,12 +573,12 @@ class NodeAgent:
             self._previous_failure.pop(sk, None)
 
     def _downloaded(self, marker: Any, job: Mapping[str, Any] | None) -> _Outcome:
-        completed = format_time(marker.completed_at)
-        started = format_time(marker.started_at)
+        # start and completion times are fields of their own: the message stays short, as it is
+        # repeated for every model of the node
         return _Outcome(
             ModelStatus.DOWNLOADED,
-            f"downloaded {_human(marker.total_bytes)} in {len(marker.files)} files; "
-            f"started {started}, completed {completed} ({marker.duration_s:.0f}s)",
+            f"downloaded {_human(marker.total_bytes)} in {len(marker.files)} files "
+            f"in {marker.duration_s:.0f}s",
             job_name=_job_name(job) if job else None,
             bytes=marker.total_bytes,
             total_bytes=marker.total_bytes,
@@ -1043,21 +1047,28 @@ class NodeAgent:
     async def _write_status(
         self, obj: dict[str, Any], lmn: LocalModelNode, outcomes: dict[str, _Outcome], pre: PreflightResult
     ) -> bool:
+        """Replace ``status`` with one JSON-patch ``add`` on the subresource, without a resourceVersion.
+
+        The agent is the only writer of this status, so there is nothing to lose and no reason to
+        trade 409s with the manager, whose spec writes bump the resourceVersion many times a second
+        while caches are being created (a PUT would conflict, re-read the whole object, and retry).
+        The patch carries only the status, not the spec the manager owns.
+        """
         status = self._new_status(lmn, outcomes, pre).to_dict()
         if status == (obj.get("status") or {}):
             return False
-        identity = {"apiVersion": LOCAL_MODEL_NODES.api_version, "kind": LOCAL_MODEL_NODES.kind}
-        body = {**obj, **identity, "status": status}
-        for _ in range(4):
-            try:
-                await self.client.update_status(LOCAL_MODEL_NODES, body)
-                return True
-            except Conflict:
-                fresh = await self.client.get(LOCAL_MODEL_NODES, self.node_name)
-                if (fresh.get("status") or {}) == status:
-                    return False
-                body = {**fresh, **identity, "status": status}
-        raise Conflict(f"LocalModelNode {self.node_name}: status update kept conflicting")
+        rv = str((obj.get("metadata") or {}).get("resourceVersion") or "")
+        if self._last_write == (rv, status):
+            return False  # the informer has not caught up with the status we just wrote
+        await self.client.patch(
+            LOCAL_MODEL_NODES,
+            self.node_name,
+            [{"op": "add", "path": "/status", "value": status}],
+            patch_type="json",
+            subresource="status",
+        )
+        self._last_write = (rv, status)
+        return True
 
 
 def build_agent(

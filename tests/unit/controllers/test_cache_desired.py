@@ -304,7 +304,19 @@ def test_status_failed_nodes_named_with_reason_and_pruned_nodes_gone() -> None:
     assert "a3" in degraded["message"]
     events = status_events(c["status"], status)
     assert ("Warning", "DownloadFailed", "download failed on node a1: 401 unauthorized") in events
-    assert ("Normal", "NodeRemoved", "node old-node no longer holds the model") in events
+    assert ("Normal", "NodeRemoved", "node old-node no longer holding the model") in events
+
+
+def test_status_events_group_nodes_with_the_same_transition() -> None:
+    old = {"nodeStatus": {"a": "NodeDownloading", "b": "NodeDownloading", "c": "NodeDownloading"}}
+    new = {
+        "nodeStatus": {"a": "NodeDownloaded", "b": "NodeDownloaded", "c": "NodeDownloadError"},
+        "nodeStatusDetails": {"c": {"message": "disk full"}},
+    }
+    assert status_events(old, new) == [
+        ("Normal", "Downloaded", "model downloaded on 2 nodes: a, b"),
+        ("Warning", "DownloadFailed", "download failed on node c: disk full"),
+    ]
 
 
 def test_status_insufficient_storage() -> None:

@@ -7,6 +7,9 @@ import asyncio
 import copy
 from typing import Any
 
+import jsonpatch
+import pytest
+
 from localcache.controllers.cache import EntryWriter
 from localcache.runtime import errors
 
@@ -25,7 +28,7 @@ class FakeCache:
 
 
 class FakeApi:
-    """An API server for one kind: resourceVersion checks on merge patches, counted writes."""
+    """An API server for one kind: JSON patches with ``test`` preconditions, counted writes."""
 
     def __init__(self) -> None:
         self.objects: dict[str, dict[str, Any]] = {}
@@ -54,18 +57,28 @@ class FakeApi:
         return self._bump(self.objects[name])
 
     async def patch(
-        self, resource: Any, name: str, patch: dict[str, Any], namespace: str | None = None
+        self,
+        resource: Any,
+        name: str,
+        patch: list[dict[str, Any]],
+        namespace: str | None = None,
+        *,
+        patch_type: str = "merge",
     ) -> dict[str, Any]:
+        """JSON patches, with the API server's answer to a failed ``test``: 422 Invalid."""
+        assert patch_type == "json"
         self.writes.append("patch")
         if self.gate is not None:
             await self.gate.wait()
-        obj = self.objects[name]
-        if patch["metadata"].get("resourceVersion") != obj["metadata"]["resourceVersion"]:
-            raise errors.Conflict(f"{name} was modified")
-        if "ownerReferences" in patch["metadata"]:
-            obj["metadata"]["ownerReferences"] = patch["metadata"]["ownerReferences"]
-        obj["spec"] = copy.deepcopy(patch["spec"])
-        return self._bump(obj)
+        try:
+            self.objects[name] = jsonpatch.apply_patch(self.objects[name], patch)
+        except jsonpatch.JsonPatchTestFailed as exc:
+            raise errors.Invalid(f"{name}: {exc}") from None
+        return self._bump(self.objects[name])
+
+    def agent_writes_status(self, name: str) -> None:
+        self.objects[name]["status"] = {"modelStatus": {"a": "ModelDownloaded"}}
+        self._bump(self.objects[name])
 
     def someone_else_adds(self, name: str, entry: dict[str, Any]) -> None:
         self.objects[name]["spec"]["localModels"].append(entry)
@@ -106,9 +119,51 @@ async def test_conflict_rereads_and_keeps_the_other_writers_entry() -> None:
     api.someone_else_adds("n1", entry("x", "team"))  # ...and then another writer moved on
     assert await writer.set("n1", ("b", ""), entry("b")) == "added"
     assert models(api) == [("a", ""), ("b", ""), ("x", "team")]
-    assert api.writes == ["create", "patch", "patch"]  # one 409, one good patch
+    assert api.writes == ["create", "patch", "patch"]  # one failed test, one good patch
     assert await writer.set("n1", ("x", "team"), None) == "removed"
     assert models(api) == [("a", ""), ("b", "")]
+
+
+async def test_status_writes_in_between_do_not_fail_the_spec_write() -> None:
+    api, cache = FakeApi(), FakeCache()
+    writer = EntryWriter(api, cache)
+    await writer.set("n1", ("a", ""), entry("a"))
+    cache.lmns["n1"] = copy.deepcopy(api.objects["n1"])
+    api.agent_writes_status("n1")  # a newer resourceVersion than the informer's, same spec
+    assert await writer.set("n1", ("b", ""), entry("b")) == "added"
+    assert api.writes == ["create", "patch"]
+    assert models(api) == [("a", ""), ("b", "")]
+    assert api.objects["n1"]["status"] == {"modelStatus": {"a": "ModelDownloaded"}}
+
+
+async def test_informer_showing_a_status_write_from_before_ours_is_not_trusted() -> None:
+    api, cache = FakeApi(), FakeCache()
+    writer = EntryWriter(api, cache)
+    await writer.set("n1", ("a", ""), entry("a"))
+    api.agent_writes_status("n1")
+    between = copy.deepcopy(api.objects["n1"])  # the agent's status write, spec [a]
+    await writer.set("n1", ("b", ""), entry("b"))
+    cache.lmns["n1"] = between  # the informer delivers the agent's write only now: newer than
+    # anything it showed before, older than our last write
+    assert await writer.set("n1", ("c", ""), entry("c")) == "added"
+    assert api.writes == ["create", "patch", "patch"], "no failed test, no re-read"
+    assert models(api) == [("a", ""), ("b", ""), ("c", "")]
+
+
+async def test_a_real_invalid_answer_is_raised_not_retried() -> None:
+    api, cache = FakeApi(), FakeCache()
+    writer = EntryWriter(api, cache)
+    await writer.set("n1", ("a", ""), entry("a"))
+    cache.lmns["n1"] = copy.deepcopy(api.objects["n1"])
+
+    async def invalid(*_: Any, **__: Any) -> dict[str, Any]:
+        api.writes.append("patch")
+        raise errors.Invalid("spec.localModels[1].sourceModelUri: Invalid value")
+
+    api.patch = invalid  # type: ignore[method-assign]
+    with pytest.raises(errors.Invalid, match="sourceModelUri"):
+        await writer.set("n1", ("b", ""), entry("b"))
+    assert api.writes == ["create", "patch"]
 
 
 async def test_stale_informer_after_our_own_write_does_not_conflict() -> None:

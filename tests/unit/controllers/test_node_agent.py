@@ -223,7 +223,8 @@ async def test_marker_means_downloaded_without_any_job(tmp_path: Path) -> None:
     assert w.status("m1") == "ModelDownloaded"
     detail = w.detail("m1")
     assert detail["bytes"] == 1002
-    assert "completed 2026-03-01T12:00:00Z" in detail["message"]
+    assert detail["completionTime"] == "2026-03-01T12:00:00Z"
+    assert detail["message"] == "downloaded 1002B in 2 files in 42s"
     assert w.condition("Ready")["status"] == "True"
 
 
@@ -487,28 +488,33 @@ async def test_status_is_written_only_when_it_changes(tmp_path: Path) -> None:
     w = make_world(tmp_path, entry("m1"))
     w.write_model()
     await w.reconcile()
-    writes = len(w.client.verbs("update_status"))
+    writes = len(w.client.verbs("patch_status"))
     assert writes == 1
     await w.clock.advance(5)
     await w.reconcile()
     await w.reconcile()
-    assert len(w.client.verbs("update_status")) == writes
+    assert len(w.client.verbs("patch_status")) == writes
 
 
-async def test_status_conflict_is_retried_with_a_fresh_object(tmp_path: Path) -> None:
+async def test_status_write_does_not_race_the_managers_spec_writes(tmp_path: Path) -> None:
+    """The status patch carries no resourceVersion: a spec write in between neither fails it nor is lost."""
     w = make_world(tmp_path, entry("m1"))
     w.write_model()
-    w.client.conflicts_to_raise = 1
-    await w.reconcile()
+    w.cache.sync()
+    key = ("localmodelnodes", "", NODE)
+    w.client.objects[key]["spec"]["localModels"].append(entry("m2"))  # the manager, after our read
+    w.client.objects[key]["metadata"]["resourceVersion"] = "999"
+    await w.agent.reconcile(Request("", NODE))
     assert w.status("m1") == "ModelDownloaded"
-    assert len(w.client.verbs("update_status")) == 2
+    assert len(w.client.verbs("patch_status")) == 1 and w.client.verbs("get") == []
+    assert [m["modelName"] for m in w.client.objects[key]["spec"]["localModels"]] == ["m1", "m2"]
 
 
 async def test_other_nodes_requests_are_ignored(tmp_path: Path) -> None:
     w = make_world(tmp_path, entry("m1"))
     w.cache.sync()
     assert await w.agent.reconcile(Request("", "node-b")) is None
-    assert w.client.verbs("create") == [] and w.client.verbs("update_status") == []
+    assert w.client.verbs("create") == [] and w.client.verbs("patch_status") == []
 
 
 async def test_no_jobs_before_the_job_informer_synced(tmp_path: Path) -> None:

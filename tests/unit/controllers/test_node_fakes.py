@@ -11,7 +11,9 @@ import copy
 import itertools
 from typing import Any
 
-from localcache.runtime import Conflict, NotFound
+import jsonpatch
+
+from localcache.runtime import NotFound
 from localcache.runtime.clock import FakeClock
 from localcache.runtime.resources import Resource
 from localcache.runtime.selectors import parse_selector
@@ -26,7 +28,6 @@ class FakeClient:
         self.objects: dict[Key, Obj] = {}
         self.kinds: dict[str, Resource] = {}
         self.calls: list[tuple[str, str, str]] = []  # (verb, plural, name)
-        self.conflicts_to_raise = 0
         self._rv = itertools.count(1)
         self._suffix = itertools.count(1)
 
@@ -97,20 +98,30 @@ class FakeClient:
             raise NotFound(f"{res.kind} {name} not found", reason="NotFound")
         return obj
 
-    async def update_status(self, res: Resource, obj: Obj, namespace: str | None = None, **_: Any) -> Obj:
-        meta = obj["metadata"]
-        self.calls.append(("update_status", res.plural, meta["name"]))
-        key = self._key(res, meta["name"], meta.get("namespace"))
+    async def patch(
+        self,
+        res: Resource,
+        name: str,
+        patch: Any,
+        namespace: str | None = None,
+        *,
+        patch_type: str = "merge",
+        subresource: str | None = None,
+        **_: Any,
+    ) -> Obj:
+        """JSON patches only (what the agent sends); on ``status``, only the status may change."""
+        assert patch_type == "json", patch_type
+        self.calls.append((f"patch_{subresource}" if subresource else "patch", res.plural, name))
+        key = self._key(res, name, namespace)
         current = self.objects.get(key)
         if current is None:
-            raise NotFound(f"{res.kind} {meta['name']} not found", reason="NotFound")
-        if self.conflicts_to_raise > 0:
-            self.conflicts_to_raise -= 1
-            current["metadata"]["resourceVersion"] = str(next(self._rv))
-            raise Conflict("the object has been modified", reason="Conflict")
-        if meta.get("resourceVersion") != current["metadata"]["resourceVersion"]:
-            raise Conflict("the object has been modified", reason="Conflict")
-        current["status"] = copy.deepcopy(obj.get("status"))
+            raise NotFound(f"{res.kind} {name} not found", reason="NotFound")
+        updated = jsonpatch.apply_patch(current, patch)
+        if subresource == "status":
+            current["status"] = updated.get("status")
+        else:
+            updated["status"] = current.get("status")
+            self.objects[key] = current = updated
         current["metadata"]["resourceVersion"] = str(next(self._rv))
         return copy.deepcopy(current)
 

@@ -114,11 +114,11 @@ async def test_failed_job_sets_reason_and_next_attempt_then_retry_clears_them(tm
     assert d["startTime"] == ts(T0)
     assert "completionTime" not in d
     # Waiting for the retry rewrites nothing: the retry time is fixed, not recomputed each pass.
-    writes = len(w.client.verbs("update_status"))
+    writes = len(w.client.verbs("patch_status"))
     for _ in range(3):
         await w.clock.advance(13.7)
         await w.reconcile()
-    assert len(w.client.verbs("update_status")) == writes
+    assert len(w.client.verbs("patch_status")) == writes
     await w.clock.advance(60)
     await w.reconcile()
     d = w.detail("m1")
@@ -213,7 +213,7 @@ async def test_capacity_is_rate_limited(tmp_path: Path, monkeypatch: pytest.Monk
     assert w.lmn()["status"]["capacity"]["availableBytes"] == 450 * 4096
     disk["free"] = 490  # 1 %: not worth a write
     await w.clock.advance(60)
-    writes = len(w.client.verbs("update_status"))
+    writes = len(w.client.verbs("patch_status"))
     await w.reconcile()
     assert w.lmn()["status"]["capacity"]["usedBytes"] == 500 * 4096
-    assert len(w.client.verbs("update_status")) == writes
+    assert len(w.client.verbs("patch_status")) == writes
