@@ -133,6 +133,7 @@ class CrdInfo:
         categories: tuple[str, ...] = (),
         printer_columns: tuple[dict[str, Any], ...] = (),
         name_max_length: int | None = None,
+        selectable_fields: tuple[str, ...] = (),
     ) -> None:
         self.group = group
         self.version = version
@@ -145,6 +146,7 @@ class CrdInfo:
         self.categories = categories
         self.printer_columns = printer_columns
         self.name_max_length = name_max_length
+        self.selectable_fields = selectable_fields  # JSON paths a field selector may name
 
     @property
     def api_version(self) -> str:

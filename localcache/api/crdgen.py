@@ -83,6 +83,8 @@ def crd_for(model: type[KubeObject]) -> dict[str, Any]:
     version: dict[str, Any] = {"name": info.version, "served": True, "storage": True}
     if info.printer_columns:
         version["additionalPrinterColumns"] = [dict(c) for c in info.printer_columns]
+    if info.selectable_fields:
+        version["selectableFields"] = [{"jsonPath": path} for path in info.selectable_fields]
     version["schema"] = {"openAPIV3Schema": schema}
     if info.status_subresource:
         version["subresources"] = {"status": {}}

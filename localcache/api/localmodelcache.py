@@ -220,6 +220,8 @@ class LocalModelCache(_CacheBase):
         categories=("localmodel",),
         printer_columns=CACHE_PRINTER_COLUMNS,
         name_max_length=CACHE_NAME_MAX_LENGTH,
+        # the validating webhook asks "which caches have this URI?" on every create
+        selectable_fields=(".spec.sourceModelUri",),
     )
     FINALIZER: ClassVar[str] = FINALIZER_LOCAL_MODEL_CACHE
 

@@ -76,6 +76,9 @@ class DownloadFailureReason(StrEnum):
     HOST_PATH_MISMATCH = "HostPathMismatch"
     STORAGE_NOT_WRITABLE = "StorageNotWritable"
     CONFIG_INVALID = "ConfigInvalid"
+    # The agent: the API server refused the download Job (e.g. 422 from a policy or a bad
+    # ConfigMap value, 403, or a missing job namespace); retried every minute.
+    JOB_REJECTED = "JobRejected"
 
 
 class LocalModelInfo(ApiModel):

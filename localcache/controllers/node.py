@@ -71,7 +71,7 @@ from localcache.api.constants import (
     MODELS_DIR,
 )
 from localcache.api.core import JobStatus
-from localcache.api.localmodelnode import NodeCapacity
+from localcache.api.localmodelnode import DownloadFailureReason, NodeCapacity
 from localcache.api.naming import job_status_key
 from localcache.config import ConfigError, InferenceServiceConfig, parse_config
 from localcache.controllers.credentials import (
@@ -89,7 +89,15 @@ from localcache.controllers.downloadjob import (
     job_storage_key,
 )
 from localcache.controllers.hostpath import PreflightResult, groups_for_node, preflight
-from localcache.runtime import SYSTEM_CLOCK, ApiError, Clock, NotFound
+from localcache.runtime import (
+    SYSTEM_CLOCK,
+    ApiError,
+    BadRequest,
+    Clock,
+    Forbidden,
+    Invalid,
+    NotFound,
+)
 from localcache.runtime.reconcile import Request, Result
 from localcache.runtime.resources import CONFIGMAPS, JOBS, NODES, PODS, Resource
 from localcache.storage import FailureReason, parse_error_line, read_marker
@@ -130,6 +138,8 @@ STORAGE_READY_GAUGE = Gauge("localcache_agent_storage_ready", "1 when the pre-fl
 #: Condition type added by the agent: the pre-flight outcome, with the disk's capacity in its message.
 STORAGE_READY = ConditionType.STORAGE_READY
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
+#: How soon a Job the API server refused is tried again.
+JOB_REJECTED_RETRY_SECONDS = 60.0
 #: A Job pending longer than this gets its pod's scheduling / image-pull problem in the status message.
 PENDING_GRACE_SECONDS = 60.0
 MAX_MESSAGE = 1024
@@ -887,7 +897,24 @@ class NodeAgent:
             options=self.options.job,
             attempt=attempt,
         )
-        created = await self.client.create(JOBS, body, namespace)
+        try:
+            created = await self.client.create(JOBS, body, namespace)
+        except (BadRequest, Forbidden, Invalid, NotFound) as exc:
+            # Not transient: retrying at the workqueue's pace would hammer the API server and leave
+            # the model Pending with no word of why. Say why, and try again after a while (the
+            # namespace may be created, the policy or the ConfigMap fixed).
+            reason = DownloadFailureReason.JOB_REJECTED.value
+            cause = "; ".join(f"{c.field}: {c.message}" for c in exc.causes) or exc.message
+            message = _clip(
+                f"{reason}: the API server refused the download Job in namespace {namespace} "
+                f"({exc.status} {exc.reason or type(exc).__name__}): {cause}"
+            )
+            log.warning(message, extra={"model": info.status_key, "reason": reason})
+            if self.recorder is not None:
+                self.recorder.warning(obj, reason, message, resource=LOCAL_MODEL_NODES)
+            return _Outcome(
+                ModelStatus.DOWNLOAD_ERROR, message, reason=reason, wake_in=JOB_REJECTED_RETRY_SECONDS
+            )
         self._created[sk] = (created, self.clock.monotonic())
         JOBS_CREATED.inc()
         name = _job_name(created)

@@ -10,6 +10,7 @@ from localcache.controllers.isvc import (
     LOCAL_MODEL_CACHES,
     LOCAL_MODEL_NAMESPACE_CACHES,
 )
+from localcache.controllers.validation import escape_field_value
 from localcache.runtime import errors
 from localcache.runtime.client import Client
 from localcache.testing.webhooks import AdmissionHarness
@@ -42,6 +43,29 @@ async def test_a_duplicate_source_uri_is_rejected_and_overlaps_are_not(
         await admin.create(LOCAL_MODEL_CACHES, cluster_cache(names[2], uri + "/sub", ["workers"]))
         # updating a cache itself is not a duplicate of itself
         await admin.patch(LOCAL_MODEL_CACHES, names[0], {"spec": {"nodeGroups": ["workers", "spare"]}})
+    finally:
+        for name in names:
+            await admin.delete(LOCAL_MODEL_CACHES, name, missing_ok=True)
+
+
+async def test_duplicates_are_found_by_field_selector_even_with_selector_syntax_in_the_uri(
+    admin: Client, admission: AdmissionHarness
+) -> None:
+    """The webhook asks the API server for caches with this URI (a selectable field), escaping the
+    selector's own syntax: a URI with ``,``, ``=`` and ``\\`` still finds its duplicate, and only it."""
+    tag = suffix()
+    uri = f"https://models-{tag}.example/get?name=a,b&rev=1\\x"
+    names = [f"a-{tag}", f"b-{tag}", f"c-{tag}"]
+    await admin.create(LOCAL_MODEL_CACHES, cluster_cache(names[0], uri, ["workers"]))
+    try:
+        found, _ = await admin.list_all(
+            LOCAL_MODEL_CACHES, field_selector=f"spec.sourceModelUri={escape_field_value(uri)}"
+        )
+        assert [o["metadata"]["name"] for o in found] == [names[0]]
+        with pytest.raises(errors.ApiError) as denied:
+            await admin.create(LOCAL_MODEL_CACHES, cluster_cache(names[1], uri, ["workers"]))
+        assert f"LocalModelCache {names[0]} has the same StorageURI {uri}" in str(denied.value)
+        await admin.create(LOCAL_MODEL_CACHES, cluster_cache(names[2], uri.replace(",", ";"), ["workers"]))
     finally:
         for name in names:
             await admin.delete(LOCAL_MODEL_CACHES, name, missing_ok=True)

@@ -25,6 +25,7 @@ from localcache.controllers.node import (
     AgentOptions,
     NodeAgent,
 )
+from localcache.runtime import Invalid
 from localcache.runtime.clock import FakeClock
 from localcache.runtime.reconcile import Request
 from localcache.runtime.resources import CONFIGMAPS, JOBS, NODES, PODS, SECRETS
@@ -508,6 +509,27 @@ async def test_status_write_does_not_race_the_managers_spec_writes(tmp_path: Pat
     assert w.status("m1") == "ModelDownloaded"
     assert len(w.client.verbs("patch_status")) == 1 and w.client.verbs("get") == []
     assert [m["modelName"] for m in w.client.objects[key]["spec"]["localModels"]] == ["m1", "m2"]
+
+
+async def test_a_refused_job_is_a_download_error_with_the_api_servers_words(tmp_path: Path) -> None:
+    w = make_world(tmp_path, entry("m1"))
+    w.client.create_errors.append(
+        Invalid(
+            "Job is invalid",
+            reason="Invalid",
+            details={"causes": [{"field": "spec.template.spec.containers[0].resources", "message": "bad"}]},
+        )
+    )
+    result = await w.reconcile()
+    assert w.status("m1") == "ModelDownloadError"
+    detail = w.detail("m1")
+    assert detail["reason"] == "JobRejected"
+    assert "422 Invalid" in detail["message"] and "containers[0].resources: bad" in detail["message"]
+    assert result.requeue_after == 60.0, "tried again after a minute, not at the workqueue's pace"
+    assert w.jobs() == []
+    await w.clock.advance(60)
+    await w.reconcile()
+    assert len(w.jobs()) == 1 and w.status("m1") == "ModelDownloadPending", "recovers once accepted"
 
 
 async def test_other_nodes_requests_are_ignored(tmp_path: Path) -> None:

@@ -30,6 +30,7 @@ class FakeClient:
         self.calls: list[tuple[str, str, str]] = []  # (verb, plural, name)
         self._rv = itertools.count(1)
         self._suffix = itertools.count(1)
+        self.create_errors: list[Exception] = []  # raised by the next creates, in order
 
     def _key(self, res: Resource, name: str, ns: str | None) -> Key:
         return (res.plural, (ns or "") if res.namespaced else "", name)
@@ -79,6 +80,9 @@ class FakeClient:
         return self.items(res, namespace), "1"
 
     async def create(self, res: Resource, obj: Obj, namespace: str | None = None, **_: Any) -> Obj:
+        if self.create_errors:
+            self.calls.append(("create", res.plural, "<refused>"))
+            raise self.create_errors.pop(0)
         obj = copy.deepcopy(obj)
         meta = obj.setdefault("metadata", {})
         if not meta.get("name"):
