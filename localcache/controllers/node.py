@@ -160,6 +160,9 @@ class AgentOptions:
     progress_interval_seconds: float = 30.0
     progress_min_change: float = 0.05
     created_job_memory_seconds: float = 300.0
+    #: At most one status write per interval: while the manager adds hundreds of models, each of its
+    #: spec writes would otherwise cost a status write of the whole (large) object too.
+    status_min_interval_seconds: float = 1.0
     job: JobOptions = field(default_factory=JobOptions)
 
     def __post_init__(self) -> None:
@@ -376,9 +379,9 @@ class NodeAgent:
         self._preflight_key: tuple[Any, ...] | None = None
         self._preflight: PreflightResult | None = None
         self.last_preflight: PreflightResult | None = None
-        # (resourceVersion the status was computed from, status written): skips a rewrite while the
-        # informer still shows the object from before our own write
-        self._last_write: tuple[str, dict[str, Any]] | None = None
+        # (resourceVersion the status was computed from, status written, when): skips a rewrite while
+        # the informer still shows the object from before our own write, and paces the writes
+        self._last_write: tuple[str, dict[str, Any], float] | None = None
 
     @property
     def node_name(self) -> str:
@@ -472,8 +475,8 @@ class NodeAgent:
             blocked = PreflightResult(False, "ConfigInvalid", str(exc))
             markers = await self._markers(entries)
             outcomes = {sk: self._blocked(markers[sk], blocked) for sk in entries}
-            await self._write_status(obj, lmn, outcomes, blocked)
-            return Result(requeue_after=60.0)
+            held = await self._write_status(obj, lmn, outcomes, blocked)
+            return Result(requeue_after=held or 60.0)
         freq = float(cfg.local_model.reconcilation_frequency_in_secs)
         namespace = cfg.local_model.job_namespace
         if not self._jobs_synced(namespace):
@@ -518,7 +521,9 @@ class NodeAgent:
                 )
             if gc.next_due is not None:
                 wake = min(wake, gc.next_due)
-        await self._write_status(obj, lmn, outcomes, pre)
+        held = await self._write_status(obj, lmn, outcomes, pre)
+        if held is not None:
+            return Result(requeue_after=held)
         return Result(requeue_after=max(wake, 1.0))
 
     def _blocked(self, marker: Any, pre: PreflightResult) -> _Outcome:
@@ -583,12 +588,9 @@ class NodeAgent:
             self._previous_failure.pop(sk, None)
 
     def _downloaded(self, marker: Any, job: Mapping[str, Any] | None) -> _Outcome:
-        # start and completion times are fields of their own: the message stays short, as it is
-        # repeated for every model of the node
         return _Outcome(
             ModelStatus.DOWNLOADED,
-            f"downloaded {_human(marker.total_bytes)} in {len(marker.files)} files "
-            f"in {marker.duration_s:.0f}s",
+            "",  # the status detail of a downloaded model is its bytes and times only (_new_status)
             job_name=_job_name(job) if job else None,
             bytes=marker.total_bytes,
             total_bytes=marker.total_bytes,
@@ -992,6 +994,17 @@ class NodeAgent:
             if outcome is None:
                 continue
             model_status[key] = outcome.status
+            if outcome.status == ModelStatus.DOWNLOADED:
+                # The steady state of every model, and what a LocalModelNode mostly holds: only what
+                # ``modelStatus`` cannot say. The API server's cost per write grows with the object
+                # (about 1 ms of CPU per KiB), and the full detail made a node with 1,000 models a
+                # 680 KiB object (bench/README.md).
+                details[key] = ModelStatusDetail(
+                    bytes=outcome.bytes,
+                    start_time=outcome.start_time,
+                    completion_time=outcome.completion_time,
+                )
+                continue
             prev = old_details.get(key)
             since = (
                 prev.last_transition_time
@@ -1008,7 +1021,6 @@ class NodeAgent:
                 reason=outcome.reason if outcome.status == ModelStatus.DOWNLOAD_ERROR else None,
                 job_name=outcome.job_name,
                 start_time=outcome.start_time,
-                completion_time=outcome.completion_time if outcome.status == ModelStatus.DOWNLOADED else None,
                 attempt=outcome.attempt,
                 next_attempt_time=outcome.next_attempt_time,
             )
@@ -1073,20 +1085,26 @@ class NodeAgent:
 
     async def _write_status(
         self, obj: dict[str, Any], lmn: LocalModelNode, outcomes: dict[str, _Outcome], pre: PreflightResult
-    ) -> bool:
+    ) -> float | None:
         """Replace ``status`` with one JSON-patch ``add`` on the subresource, without a resourceVersion.
 
         The agent is the only writer of this status, so there is nothing to lose and no reason to
         trade 409s with the manager, whose spec writes bump the resourceVersion many times a second
         while caches are being created (a PUT would conflict, re-read the whole object, and retry).
-        The patch carries only the status, not the spec the manager owns.
+        The patch carries only the status, not the spec the manager owns. A change within
+        ``status_min_interval_seconds`` of the last write is held back: the seconds until it may go
+        are returned, for the caller to come back then (by which time more may have changed).
         """
         status = self._new_status(lmn, outcomes, pre).to_dict()
         if status == (obj.get("status") or {}):
-            return False
+            return None
         rv = str((obj.get("metadata") or {}).get("resourceVersion") or "")
-        if self._last_write == (rv, status):
-            return False  # the informer has not caught up with the status we just wrote
+        if self._last_write is not None and self._last_write[:2] == (rv, status):
+            return None  # the informer has not caught up with the status we just wrote
+        if self._last_write is not None:
+            wait = self._last_write[2] + self.options.status_min_interval_seconds - self.clock.monotonic()
+            if wait > 0:
+                return wait
         await self.client.patch(
             LOCAL_MODEL_NODES,
             self.node_name,
@@ -1094,8 +1112,8 @@ class NodeAgent:
             patch_type="json",
             subresource="status",
         )
-        self._last_write = (rv, status)
-        return True
+        self._last_write = (rv, status, self.clock.monotonic())
+        return None
 
 
 def build_agent(

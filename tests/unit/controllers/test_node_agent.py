@@ -176,6 +176,7 @@ def make_world(tmp_path: Path, *entries: dict[str, Any], host_path: str = HOST_P
         },
     )
     cache = FakeCache(client)
+    opts.setdefault("status_min_interval_seconds", 0.0)  # pacing has a test of its own
     options = AgentOptions(node_name=NODE, models_root=tmp_path, host_path=host_path, **opts)
     agent = NodeAgent(client, cache, options, clock=clock)
     return World(clock, client, cache, agent, tmp_path)
@@ -225,7 +226,6 @@ async def test_marker_means_downloaded_without_any_job(tmp_path: Path) -> None:
     detail = w.detail("m1")
     assert detail["bytes"] == 1002
     assert detail["completionTime"] == "2026-03-01T12:00:00Z"
-    assert detail["message"] == "downloaded 1002B in 2 files in 42s"
     assert w.condition("Ready")["status"] == "True"
 
 
@@ -530,6 +530,21 @@ async def test_a_refused_job_is_a_download_error_with_the_api_servers_words(tmp_
     await w.clock.advance(60)
     await w.reconcile()
     assert len(w.jobs()) == 1 and w.status("m1") == "ModelDownloadPending", "recovers once accepted"
+
+
+async def test_status_writes_are_paced_and_the_held_change_goes_out_later(tmp_path: Path) -> None:
+    w = make_world(tmp_path, entry("m1"), status_min_interval_seconds=1.0)
+    w.write_model()
+    await w.reconcile()
+    assert len(w.client.verbs("patch_status")) == 1
+    w.client.objects[("localmodelnodes", "", NODE)]["spec"]["localModels"].append(entry("m2", uri=URI + "-2"))
+    result = await w.reconcile()
+    assert len(w.client.verbs("patch_status")) == 1, "a second write within the interval is held back"
+    assert 0 < result.requeue_after <= 1.0
+    await w.clock.advance(1.0)
+    await w.reconcile()
+    assert len(w.client.verbs("patch_status")) == 2
+    assert set(w.lmn()["status"]["modelStatus"]) == {"m1", "m2"}
 
 
 async def test_other_nodes_requests_are_ignored(tmp_path: Path) -> None:

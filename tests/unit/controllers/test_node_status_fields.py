@@ -51,13 +51,13 @@ async def test_downloaded_model_has_times_sizes_and_no_reason(tmp_path: Path) ->
     w.write_model()
     w.set_job_condition(job, "Complete")
     await w.reconcile()
-    d = w.detail("m1")
-    assert d["status"] == "ModelDownloaded"
-    assert d["completionTime"] == ts(T0)
-    assert d["startTime"] == ts(T0 - timedelta(seconds=42))
-    assert d["bytes"] == d["totalBytes"] == 1002
-    assert d["attempt"] == 1
-    assert "reason" not in d and "nextAttemptTime" not in d
+    assert w.status("m1") == "ModelDownloaded"
+    # the steady state carries only what modelStatus cannot say: a node holds many such models
+    assert w.detail("m1") == {
+        "bytes": 1002,
+        "startTime": ts(T0 - timedelta(seconds=42)),
+        "completionTime": ts(T0),
+    }
 
 
 async def test_pending_job_has_start_time_and_attempt_but_no_completion(tmp_path: Path) -> None:
