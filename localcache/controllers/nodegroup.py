@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
@@ -261,13 +262,26 @@ def _same_quantities(current: Mapping[str, Any] | None, desired: Mapping[str, st
 
 
 # ---- the reconciler ------------------------------------------------------------------------------
+#: Group statuses are recomputed at most this often per group.
+MIN_INTERVAL_SECONDS = 2.0
+
+
 class NodeGroupReconciler:
     """Publishes ``status.used/available`` of each LocalModelNodeGroup; see the module docstring."""
 
-    def __init__(self, client: Any, cache: Any, *, resync_period: float = DEFAULT_RESYNC_PERIOD) -> None:
+    def __init__(
+        self,
+        client: Any,
+        cache: Any,
+        *,
+        resync_period: float = DEFAULT_RESYNC_PERIOD,
+        min_interval: float = MIN_INTERVAL_SECONDS,
+    ) -> None:
         self.client = client
         self.cache = cache
         self.resync_period = resync_period
+        self.min_interval = min_interval
+        self._last_run: dict[str, float] = {}
         self._rng = random.Random()
         cache.informer_for(LOCAL_MODEL_NODE_GROUPS)
         declare_cache_informers(cache)
@@ -280,7 +294,17 @@ class NodeGroupReconciler:
     async def reconcile(self, request: Request) -> Result | None:
         group = self.cache.get_cached(LOCAL_MODEL_NODE_GROUPS, request.name)
         if group is None or (group.get("metadata") or {}).get("deletionTimestamp"):
+            self._last_run.pop(request.name, None)
             return None
+        # Every cache and LocalModelNode change of the group triggers this, and one pass reads all
+        # of them: while a thousand caches are being created that is a pass after every change, and
+        # it starved the cache workers (bench/README.md). The status is a summary; once per interval
+        # is enough, the caches plan their storage themselves.
+        now = time.monotonic()
+        since = now - self._last_run.get(request.name, -self.min_interval)
+        if since < self.min_interval:
+            return Result(requeue_after=self.min_interval - since)
+        self._last_run[request.name] = now
         lmns = {o["metadata"]["name"]: o for o in self.cache.list(LOCAL_MODEL_NODES)}
         caches, nodes = caches_on_group(self.cache, request.name), self.cache.list(NODES)
         for _ in range(MAX_WRITE_ATTEMPTS):

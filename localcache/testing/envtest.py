@@ -71,10 +71,25 @@ def assets_dir() -> Path:
     return directory
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port that is free now and that this process has not handed out before.
+
+    The port is only reserved until the caller's child binds it. The kernel may offer a port again as
+    soon as its probe socket is closed, so a system that picks ten ports before starting ten
+    processes could hand two of them the same one; remembering what was handed out rules that out
+    (ports held by other processes are still a race, but not one of our own making).
+    """
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
+    raise RuntimeError("no free loopback port that was not handed out already")
 
 
 @dataclass

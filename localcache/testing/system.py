@@ -357,8 +357,9 @@ class LocalSystem:
 
     async def stop(self) -> None:
         """Stop everything this system started, newest first; safe to call twice."""
-        for name in list(self.agents):
-            await asyncio.to_thread(self.agents.pop(name).stop)
+        agents = list(self.agents.values())
+        self.agents.clear()
+        await asyncio.gather(*(asyncio.to_thread(agent.stop) for agent in agents))  # not one by one
         if self.manager is not None:
             await asyncio.to_thread(self.manager.stop)
             self.manager = None
