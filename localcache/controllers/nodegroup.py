@@ -83,10 +83,28 @@ def declare_cache_informers(cache: Any) -> None:
         cache.informer_for(res, indexers={INDEX_GROUPS: cache_groups})
 
 
+def planning_view(cache: Mapping[str, Any]) -> Obj:
+    """The fields of a cache that :func:`plan_group_storage` and :func:`group_status` read."""
+    meta = cache.get("metadata") or {}
+    spec = cache.get("spec") or {}
+    return {
+        "metadata": {k: meta[k] for k in _PLANNING_META if k in meta},
+        "spec": {k: spec[k] for k in _PLANNING_SPEC if k in spec},
+    }
+
+
+_PLANNING_META = ("name", "namespace", "creationTimestamp", "deletionTimestamp")
+_PLANNING_SPEC = ("nodeGroups", "sourceModelUri", "modelSize")
+
+
 def caches_on_group(cache: Any, group: str) -> list[Obj]:
-    """Every cache (both scopes) listing ``group``, from the informer index."""
-    return cache.by_index(LOCAL_MODEL_CACHES, INDEX_GROUPS, group) + cache.by_index(
-        LOCAL_MODEL_NAMESPACE_CACHES, INDEX_GROUPS, group
+    """Every cache (both scopes) listing ``group`` as its :func:`planning_view`, from the informer index.
+
+    Every cache reconcile plans its group's storage over all of the group's caches: the projection is
+    recomputed only for caches that changed, so a reconcile no longer decodes a thousand caches.
+    """
+    return cache.project(LOCAL_MODEL_CACHES, INDEX_GROUPS, group, planning_view) + cache.project(
+        LOCAL_MODEL_NAMESPACE_CACHES, INDEX_GROUPS, group, planning_view
     )
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from localcache.runtime import errors
@@ -212,6 +212,10 @@ class InformerCache:
 
     def by_index(self, resource: Resource, index_name: str, value: str) -> list[Obj]:
         return self._reader(resource, None).store.by_index(index_name, value)
+
+    def project(self, resource: Resource, index_name: str, value: str, fn: Callable[[Obj], Any]) -> list[Any]:
+        """:meth:`Store.project`: ``fn`` of each indexed object, recomputed only for changed ones."""
+        return self._reader(resource, None).store.project(index_name, value, fn)
 
     # --- running -------------------------------------------------------------------------------------
     def _start_informer(self, key: InformerKey, inf: SharedInformer) -> None:

@@ -118,6 +118,8 @@ class Store:
         # key -> index name -> values, kept for custom indexers so deletes need no decode
         self._indexed: dict[str, dict[str, tuple[str, ...]]] = {}
         self.resource_version = ""
+        # projection function -> key -> (stored form it was computed from, its value)
+        self._projections: dict[Callable[[Obj], Any], dict[str, tuple[Any, Any]]] = {}
         if indexers:
             self.add_indexers(indexers)
 
@@ -209,6 +211,8 @@ class Store:
         old = self._items.pop(key, None)
         if old is not None:
             self._index_remove(key)
+            for memo in self._projections.values():
+                memo.pop(key, None)
         return old
 
     def delete(self, obj: Obj | DeletedFinalStateUnknown) -> None:
@@ -218,6 +222,7 @@ class Store:
         """Swap the whole content (no events: the informer computes those itself)."""
         self._items.clear()
         self._indexed.clear()
+        self._projections.clear()
         for name in self._indices:
             self._indices[name] = {}
         for obj in objs:
@@ -265,6 +270,25 @@ class Store:
 
     def by_index(self, index_name: str, value: str) -> list[Obj]:
         return [self._unpack(self._items[k]) for k in self.index_keys(index_name, value)]
+
+    def project(self, index_name: str, value: str, fn: Callable[[Obj], Any]) -> list[Any]:
+        """``fn(obj)`` for each object of an index value, computed once per stored version.
+
+        For readers that need a few fields of every object again and again (a controller planning
+        over all the caches of a group on each reconcile): an object is decoded and ``fn`` applied
+        only when it changed since the last call, instead of decoding every object every time.
+        ``fn`` must be pure, and callers must not mutate what it returns (it is shared).
+        """
+        memo = self._projections.setdefault(fn, {})
+        out = []
+        for key in self.index_keys(index_name, value):
+            stored = self._items[key]
+            hit = memo.get(key)
+            if hit is None or hit[0] is not stored:
+                hit = (stored, fn(self._unpack(stored)))
+                memo[key] = hit
+            out.append(hit[1])
+        return out
 
     def list_index_values(self, index_name: str) -> list[str]:
         try:

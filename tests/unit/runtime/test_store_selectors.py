@@ -107,3 +107,28 @@ def test_selector_canonical_string_and_errors() -> None:
         parse_selector("a in x")
     with pytest.raises(ValueError, match="unknown operator"):
         parse_selector({"matchExpressions": [{"key": "a", "operator": "Gt"}]})
+
+
+@pytest.mark.parametrize("mode", ["compact", "dict"])
+def test_project_recomputes_only_changed_objects_and_forgets_removed_ones(mode: str) -> None:
+    s = Store(mode=mode)  # type: ignore[arg-type]
+    calls: list[str] = []
+
+    def value_of(obj: dict) -> str:
+        calls.append(obj["metadata"]["name"])
+        return obj["data"]["k"]
+
+    s.add(cm("a", "n1", k="1"))
+    s.add(cm("b", "n1", k="2"))
+    assert s.project(NAMESPACE_INDEX, "n1", value_of) == ["1", "2"]
+    assert s.project(NAMESPACE_INDEX, "n1", value_of) == ["1", "2"]
+    assert calls == ["a", "b"], "unchanged objects are not decoded again"
+    s.update(cm("b", "n1", k="3"))
+    assert s.project(NAMESPACE_INDEX, "n1", value_of) == ["1", "3"]
+    assert calls == ["a", "b", "b"]
+    s.remove("n1/a")
+    assert s.project(NAMESPACE_INDEX, "n1", value_of) == ["3"]
+    s.add(cm("a", "n1", k="4"))  # same key again: computed afresh, not the forgotten value
+    assert s.project(NAMESPACE_INDEX, "n1", value_of) == ["4", "3"]
+    s.replace([cm("c", "n1", k="5")], "9")
+    assert s.project(NAMESPACE_INDEX, "n1", value_of) == ["5"]
