@@ -104,7 +104,7 @@ def build_admission(
     if "pod" not in disabled:
         handlers[PATH_POD] = PodMutator(readiness, gate="podgate" not in disabled).handle
     if "validate-cache" not in disabled:
-        handlers[PATH_CACHE] = CacheValidator(client, consumers).handle
+        handlers[PATH_CACHE] = CacheValidator(client, consumers, cache).handle
     if "validate-namespace-cache" not in disabled:
         handlers[PATH_NAMESPACE_CACHE] = NamespaceCacheValidator(client, consumers).handle
     podgate = None

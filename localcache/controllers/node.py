@@ -100,7 +100,7 @@ from localcache.runtime import (
 )
 from localcache.runtime.reconcile import Request, Result
 from localcache.runtime.resources import CONFIGMAPS, JOBS, NODES, PODS, Resource
-from localcache.storage import FailureReason, parse_error_line, read_marker
+from localcache.storage import FailureReason, MarkerCache, parse_error_line
 from localcache.storage.layout import STAGING_NAME, STATE_DIR
 
 __all__ = [
@@ -382,6 +382,7 @@ class NodeAgent:
         # (resourceVersion the status was computed from, status written, when): skips a rewrite while
         # the informer still shows the object from before our own write, and paces the writes
         self._last_write: tuple[str, dict[str, Any], float] | None = None
+        self._marker_cache = MarkerCache()
 
     @property
     def node_name(self) -> str:
@@ -453,7 +454,8 @@ class NodeAgent:
         wanted = {sk: infos[0].source_model_uri for sk, infos in entries.items()}
 
         def read_all() -> dict[str, Any]:
-            return {sk: read_marker(root / sk, uri) for sk, uri in wanted.items()}
+            self._marker_cache.forget({root / sk for sk in wanted})
+            return {sk: self._marker_cache.read(root / sk, uri) for sk, uri in wanted.items()}
 
         return await asyncio.to_thread(read_all) if wanted else {}
 

@@ -16,14 +16,16 @@ CRD is served), not KServe's walk over ``status.inferenceServices``, which may b
 blocks the delete when a listed consumer is already gone (NotFound). A consumer that no longer exists
 therefore never blocks, and one created a moment ago always does. A cluster cache only counts
 consumers bound to *it*: a namespace cache of the same name (whose consumers carry the
-``localmodel-namespace`` label) does not hold it (reference §8.B-2). Uniqueness reads the live list
-too: two caches created at once could both pass an informer that has seen neither.
+``localmodel-namespace`` label) does not hold it (reference §8.B-2). Uniqueness reads the informer
+plus what this webhook admitted a moment ago (:class:`CacheValidator`), so two caches created at once
+cannot both pass an informer that has seen neither.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from localcache.api.constants import LABEL_LOCAL_MODEL, LABEL_LOCAL_MODEL_NAMESPACE
@@ -100,11 +102,33 @@ class ConsumerFinder:
 
 
 class CacheValidator:
-    """``/validate-serving-kserve-io-v1alpha1-localmodelcache``: cluster caches."""
+    """``/validate-serving-kserve-io-v1alpha1-localmodelcache``: cluster caches.
 
-    def __init__(self, client: Any, consumers: ConsumerFinder | None = None) -> None:
+    With an informer ``cache`` (the manager), a duplicate URI is looked up in an index of the
+    informer plus a record of what this process admitted in the last :data:`ADMITTED_MEMORY_SECONDS`
+    (so two creates at once through this webhook cannot both pass an informer that has seen
+    neither). Without one (a CLI, unit tests), the API server is asked live, filtered by the
+    selectable field ``spec.sourceModelUri``. The informer saves a consistent LIST per create: under
+    a thousand creates that LIST waited about half a second each for the API server's watch cache.
+    The one gap left: two webhook replicas admitting the same URI within the informer's lag; the
+    two caches then share one folder per node (the agent deduplicates by storage key).
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        consumers: ConsumerFinder | None = None,
+        cache: Any = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.client = client
         self.consumers = consumers or ConsumerFinder(client)
+        self.cache = cache
+        self.clock = clock
+        self._admitted: dict[str, tuple[str, float]] = {}  # URI -> (cache name, until)
+        if cache is not None:
+            self._informer = cache.informer_for(LOCAL_MODEL_CACHES, indexers={INDEX_URI: _uri_index})
 
     async def handle(self, req: AdmissionRequest) -> AdmissionResponse:
         if req.operation == "DELETE":
@@ -129,12 +153,30 @@ class CacheValidator:
             # duplicate: skip the LIST of every cache, which made each finalizer or label write cost
             # O(caches) and the whole control plane O(caches^2) (bench/README.md, finding 5).
             return AdmissionResponse.allow()
-        items = await self._same_uri(uri)
-        for other in sorted(items, key=lambda o: str(_meta(o).get("name"))):
-            other_name = _meta(other).get("name")
-            if other_name != name and (other.get("spec") or {}).get("sourceModelUri") == uri:
+        for other_name in await self._names_with_uri(uri):
+            if other_name != name:
                 return AdmissionResponse.deny(f"LocalModelCache {other_name} has the same StorageURI {uri}")
+        if req.operation == "CREATE" and self.cache is not None:
+            self._admitted[uri] = (name, self.clock() + ADMITTED_MEMORY_SECONDS)
         return AdmissionResponse.allow()
+
+    async def _names_with_uri(self, uri: str) -> list[str]:
+        if self.cache is not None and self._informer.has_synced():
+            now = self.clock()
+            self._admitted = {u: v for u, v in self._admitted.items() if v[1] > now}
+            seen = self.cache.by_index(LOCAL_MODEL_CACHES, INDEX_URI, uri)
+            names = {str(_meta(o).get("name")) for o in seen}
+            if uri in self._admitted:
+                admitted = self._admitted[uri][0]
+                if admitted in names:
+                    del self._admitted[uri]  # the informer knows it now, and will see it go
+                else:
+                    names.add(admitted)
+            return sorted(names)
+        items = await self._same_uri(uri)
+        return sorted(
+            str(_meta(o).get("name")) for o in items if (o.get("spec") or {}).get("sourceModelUri") == uri
+        )
 
     async def _same_uri(self, uri: str) -> list[dict[str, Any]]:
         """The caches with this URI, from a live LIST filtered by the API server.
@@ -149,6 +191,16 @@ class CacheValidator:
         except errors.BadRequest:
             items, _ = await self.client.list_all(LOCAL_MODEL_CACHES)
         return items
+
+
+#: How long a URI this process admitted counts as taken before the informer shows its cache.
+ADMITTED_MEMORY_SECONDS = 30.0
+INDEX_URI = "localcache.sourceModelUri"
+
+
+def _uri_index(obj: Mapping[str, Any]) -> list[str]:
+    uri = (obj.get("spec") or {}).get("sourceModelUri")
+    return [uri] if isinstance(uri, str) and uri else []
 
 
 def escape_field_value(value: str) -> str:

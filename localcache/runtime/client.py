@@ -48,10 +48,10 @@ from typing import Any, Self
 from urllib.parse import urlsplit
 
 import aiohttp
-from kubernetes_asyncio import client as k8s
-from kubernetes_asyncio import config as k8s_config
 
 from localcache.runtime import errors, jsoncodec, metrics
+from localcache.runtime.lazyk8s import k8s_client as k8s
+from localcache.runtime.lazyk8s import k8s_config
 from localcache.runtime.resources import Resource, split_api_version
 
 __all__ = ["PATCH_CONTENT_TYPES", "Client", "WatchEvent", "WatchStream"]

@@ -3,7 +3,7 @@ resume, atomic publish with a completion marker, and progress. Knows nothing abo
 
 from localcache.storage.errors import DownloadError, FailureReason, format_error_line, parse_error_line
 from localcache.storage.layout import MARKER_NAME
-from localcache.storage.marker import Marker, MarkerFile, read_marker, verify_folder
+from localcache.storage.marker import Marker, MarkerCache, MarkerFile, read_marker, verify_folder
 from localcache.storage.pipeline import download, run
 from localcache.storage.settings import Settings
 from localcache.storage.uri import ModelUri, parse_uri
@@ -13,6 +13,7 @@ __all__ = [
     "DownloadError",
     "FailureReason",
     "Marker",
+    "MarkerCache",
     "MarkerFile",
     "ModelUri",
     "Settings",

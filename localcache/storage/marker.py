@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -72,31 +73,70 @@ def read_marker(dest: Path | str, uri: str | None = None, *, check_files: bool =
     present as a regular file of the recorded size. Digests are not recomputed (that is a full read);
     use `verify_folder` for that.
     """
-    path = marker_path(Path(dest))
     try:
-        raw = path.read_bytes()
-        marker = Marker.model_validate(json.loads(raw))
-    except (OSError, ValueError, ValidationError):
+        marker = _parse(marker_path(Path(dest)).read_bytes())
+    except OSError:
         return None
+    return marker if marker is not None and _valid(marker, Path(dest), uri, check_files) else None
+
+
+class MarkerCache:
+    """:func:`read_marker` for a caller asking about the same folders on every pass (the node agent).
+
+    A marker is parsed again only when its file changed (inode, size, modification time); the
+    checks against the folder (listed files present, of their size) are still made every time. A
+    node with a thousand models otherwise parsed a thousand markers per pass.
+    """
+
+    def __init__(self) -> None:
+        self._parsed: dict[Path, tuple[tuple[int, int, int], Marker | None]] = {}
+
+    def read(self, dest: Path | str, uri: str | None = None, *, check_files: bool = True) -> Marker | None:
+        dest = Path(dest)
+        path = marker_path(dest)
+        try:
+            st = path.stat()
+            key = (st.st_ino, st.st_size, st.st_mtime_ns)
+            hit = self._parsed.get(path)
+            if hit is None or hit[0] != key:
+                hit = (key, _parse(path.read_bytes()))
+                self._parsed[path] = hit
+        except OSError:
+            self._parsed.pop(path, None)
+            return None
+        marker = hit[1]
+        return marker if marker is not None and _valid(marker, dest, uri, check_files) else None
+
+    def forget(self, keep: set[Path]) -> None:
+        """Drop what is known of folders not in ``keep`` (their models left the node)."""
+        self._parsed = {p: v for p, v in self._parsed.items() if p.parent in keep}
+
+
+def _parse(raw: bytes) -> Marker | None:
+    try:
+        return Marker.model_validate(json.loads(raw))
+    except (ValueError, ValidationError):
+        return None
+
+
+def _valid(marker: Marker, dest: Path, uri: str | None, check_files: bool) -> bool:
     if marker.version != MARKER_VERSION or (uri is not None and marker.uri != uri):
-        return None
+        return False
     if marker.total_bytes != sum(f.size for f in marker.files):
-        return None
+        return False
     for f in marker.files:
         try:
             rel = safe_relpath(f.path)
         except UnsafePathError:
-            return None
+            return False
         if check_files:
             try:
-                st = (Path(dest) / rel).lstat()
+                st = (dest / rel).lstat()
             except OSError:
-                return None
-            import stat
-
+                return False
             if not stat.S_ISREG(st.st_mode) or st.st_size != f.size:
-                return None
-    return marker
+                return False
+    return True
 
 
 def verify_folder(dest: Path | str, marker: Marker) -> list[str]:

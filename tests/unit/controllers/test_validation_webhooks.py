@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from localcache.api.constants import LABEL_LOCAL_MODEL, LABEL_LOCAL_MODEL_NAMESPACE
 from localcache.controllers.isvc import INFERENCE_SERVICES, LOCAL_MODEL_CACHES, LOCAL_MODEL_NODE_GROUPS
-from localcache.controllers.validation import CacheValidator, NamespaceCacheValidator
+from localcache.controllers.validation import ADMITTED_MEMORY_SECONDS, CacheValidator, NamespaceCacheValidator
 from localcache.runtime.resources import Resource
+from localcache.runtime.store import Store
 from tests.unit.controllers.test_admission_fakes import FakeClient, cache_obj, isvc_obj, review
 
 LLMISVC = Resource("serving.kserve.io", "v1alpha1", "llminferenceservices", "LLMInferenceService", True)
@@ -129,3 +130,38 @@ async def test_namespace_cache_delete_is_blocked_by_consumers_in_its_namespace()
     resp = await validator.handle(review("DELETE", None, old=c))
     assert not resp.allowed
     assert resp.message == "LocalModelNamespaceCache team/c is being used by InferenceService team/user"
+
+
+class InformerOnly:
+    """An informer cache holding cluster caches in a real Store (with the validator's indexer)."""
+
+    def __init__(self) -> None:
+        self.store = Store()
+        self.synced = True
+
+    def informer_for(self, _res: object, *, indexers: dict | None = None) -> InformerOnly:
+        self.store.add_indexers(indexers or {})
+        return self
+
+    def has_synced(self) -> bool:
+        return self.synced
+
+    def by_index(self, _res: object, index: str, value: str) -> list:
+        return self.store.by_index(index, value)
+
+
+async def test_with_an_informer_duplicates_are_found_without_any_list_even_before_it_sees_them() -> None:
+    client, informer, now = FakeClient(), InformerOnly(), [0.0]
+    validator = CacheValidator(client, cache=informer, clock=lambda: now[0])
+    assert (await validator.handle(review("CREATE", cache_obj("a", "s3://x", ["g"])))).allowed
+    # the informer has not seen "a" yet: what this webhook admitted a moment ago still counts
+    resp = await validator.handle(review("CREATE", cache_obj("b", "s3://x", ["g"])))
+    assert resp.message == "LocalModelCache a has the same StorageURI s3://x"
+    assert (await validator.handle(review("CREATE", cache_obj("a", "s3://x", ["g"])))).allowed, "a retry"
+    informer.store.add(cache_obj("a", "s3://x", ["g"]))
+    assert not (await validator.handle(review("CREATE", cache_obj("b", "s3://x", ["g"])))).allowed
+    informer.store.delete(cache_obj("a", "s3://x", ["g"]))  # seen, then deleted: the URI is free
+    assert (await validator.handle(review("CREATE", cache_obj("c", "s3://x", ["g"])))).allowed
+    now[0] += ADMITTED_MEMORY_SECONDS + 1  # "c" was never seen (rejected further on): forgotten
+    assert (await validator.handle(review("CREATE", cache_obj("d", "s3://x", ["g"])))).allowed
+    assert client.count("list") == 0, "no LIST: the informer answers"

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from localcache.storage import MARKER_NAME, read_marker, verify_folder
+from localcache.storage import MARKER_NAME, MarkerCache, read_marker, verify_folder
+from localcache.storage import marker as marker_module
 from localcache.storage.layout import Staging, UnsafePathError, safe_relpath
 from localcache.storage.marker import Marker, MarkerFile, now, write_marker
 from localcache.storage.verify import MultiHasher, mismatches
@@ -118,3 +119,27 @@ def test_in_place_publish_for_mount_points_writes_marker_last(tmp_path: Path, mo
     assert seen == [["sub"]]  # everything else was in place before the marker
     assert sorted(p.name for p in dest.iterdir()) == [MARKER_NAME, "sub"]
     assert read_marker(dest, "u") is not None
+
+
+def test_marker_cache_parses_once_and_still_checks_the_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = {"a.bin": b"x" * 10}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    write_marker(tmp_path, _marker("hf://o/m", files))
+    parses = []
+    real = marker_module._parse
+    monkeypatch.setattr(marker_module, "_parse", lambda raw: parses.append(1) or real(raw))
+    cache = MarkerCache()
+    assert cache.read(tmp_path, "hf://o/m") is not None
+    assert cache.read(tmp_path, "hf://o/m") is not None
+    assert cache.read(tmp_path, "hf://o/other") is None, "the URI is checked on every read"
+    assert len(parses) == 1
+    (tmp_path / "a.bin").write_bytes(b"short")
+    assert cache.read(tmp_path, "hf://o/m") is None, "a listed file changed size: not valid, unparsed"
+    assert len(parses) == 1
+    (tmp_path / MARKER_NAME).unlink()
+    assert cache.read(tmp_path, "hf://o/m") is None
+    write_marker(tmp_path, _marker("hf://o/m", {"a.bin": b"short"}))
+    assert cache.read(tmp_path, "hf://o/m") is not None and len(parses) == 2, "a new marker is read"
