@@ -793,7 +793,7 @@ class EntryWriter:
         our last spec write. Should a version ever not be a number, the informer's copy is used and a
         stale list only costs a failed ``test`` and a re-read.
         """
-        cached = self.cache.get_cached(LOCAL_MODEL_NODES, node)
+        cached = self.cache.get_shared(LOCAL_MODEL_NODES, node)  # read-only: never mutated here
         written = self._written.get(node)
         if written is not None:
             if cached is None or _older(cached, written):
@@ -991,9 +991,7 @@ class CacheReconciler:
         placement = compute_placement(obj, groups, self.cache.list(NODES), fits)
         if placement.held:
             key = cache_identity(obj)
-            placement.keep_existing(
-                _name(o) for o in self.cache.by_index(LOCAL_MODEL_NODES, INDEX_ENTRIES, key)
-            )
+            placement.keep_existing(self.cache.index_keys(LOCAL_MODEL_NODES, INDEX_ENTRIES, key))
         await self._converge_entries(obj, placement)
 
         consumers: list[Obj] | None = None
@@ -1036,7 +1034,7 @@ class CacheReconciler:
     async def _converge_entries(self, obj: Obj, placement: Placement) -> None:
         identity = (_name(obj), _ns(obj))
         key = cache_identity(obj)
-        holders = {_name(lmn) for lmn in self.cache.by_index(LOCAL_MODEL_NODES, INDEX_ENTRIES, key)}
+        holders = set(self.cache.index_keys(LOCAL_MODEL_NODES, INDEX_ENTRIES, key))  # cluster-scoped: names
         wanted: dict[str, Obj] = {n: desired_entry(obj, g) for n, g in placement.ready.items()}
         for n, g in placement.not_ready.items():
             if n in holders:  # kept on a NotReady node, never added there
@@ -1139,7 +1137,9 @@ class CacheReconciler:
     # ---- status ----------------------------------------------------------------------------------
     async def _converge_status(self, obj: Obj, placement: Placement, consumers: list[Obj] | None) -> None:
         key = cache_identity(obj)
-        lmns = {n: self.cache.get_cached(LOCAL_MODEL_NODES, n) or {} for n in placement.members}
+        # shared, read-only copies: a LocalModelNode with a thousand entries is decoded once per
+        # version, not once per cache reconcile (that was most of the manager's CPU at 1,000 caches)
+        lmns = {n: self.cache.get_shared(LOCAL_MODEL_NODES, n) or {} for n in placement.members}
         for attempt in range(MAX_WRITE_ATTEMPTS):
             old = obj.get("status") or {}
             node_status = compute_node_status(placement, lmns, key, old.get("nodeStatus"))

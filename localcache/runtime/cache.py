@@ -213,6 +213,15 @@ class InformerCache:
     def by_index(self, resource: Resource, index_name: str, value: str) -> list[Obj]:
         return self._reader(resource, None).store.by_index(index_name, value)
 
+    def get_shared(self, resource: Resource, name: str, namespace: str | None = None) -> Obj | None:
+        """:meth:`Store.shared`: the cached object without a private copy; callers must not mutate it."""
+        ns = namespace if resource.namespaced else None
+        return self._reader(resource, namespace).store.shared(f"{ns}/{name}" if ns else name)
+
+    def index_keys(self, resource: Resource, index_name: str, value: str) -> list[str]:
+        """The store keys (``namespace/name``, or ``name``) of an index value, decoding nothing."""
+        return self._reader(resource, None).store.index_keys(index_name, value)
+
     def project(self, resource: Resource, index_name: str, value: str, fn: Callable[[Obj], Any]) -> list[Any]:
         """:meth:`Store.project`: ``fn`` of each indexed object, recomputed only for changed ones."""
         return self._reader(resource, None).store.project(index_name, value, fn)

@@ -74,6 +74,10 @@ def _namespace_of_key(key: str) -> str:
     return ns if sep else ""
 
 
+def _whole(obj: Obj) -> Obj:
+    return obj
+
+
 def deep_copy(value: Any) -> Any:
     """A deep copy of a JSON value; several times faster than ``copy.deepcopy`` on dict trees."""
     if isinstance(value, dict):
@@ -289,6 +293,23 @@ class Store:
                 memo[key] = hit
             out.append(hit[1])
         return out
+
+    def shared(self, key: str) -> Obj | None:
+        """The object, decoded once per stored version and shared by every caller: read-only.
+
+        For hot paths reading the same large objects many times between their changes (the cache
+        controller reads each LocalModelNode, hundreds of KiB at a thousand models, on every
+        reconcile). :meth:`get` returns a private copy instead.
+        """
+        stored = self._items.get(key)
+        if stored is None:
+            return None
+        memo = self._projections.setdefault(_whole, {})
+        hit = memo.get(key)
+        if hit is None or hit[0] is not stored:
+            hit = (stored, self._unpack(stored))
+            memo[key] = hit
+        return hit[1]  # type: ignore[no-any-return]
 
     def list_index_values(self, index_name: str) -> list[str]:
         try:

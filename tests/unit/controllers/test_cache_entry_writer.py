@@ -26,6 +26,11 @@ class FakeCache:
         obj = src.get(name)
         return copy.deepcopy(obj) if obj is not None else None
 
+    def get_shared(self, resource: Any, name: str, namespace: str | None = None) -> dict[str, Any] | None:
+        """Not a copy, like the real one: a writer that mutated it would corrupt the "informer"."""
+        src = self.nodes if resource.kind == "Node" else self.lmns
+        return src.get(name)
+
 
 class FakeApi:
     """An API server for one kind: JSON patches with ``test`` preconditions, counted writes."""
