@@ -115,6 +115,10 @@ class _Similar:
     last: float = 0.0
 
 
+#: Objects whose events are written at the same time.
+WRITE_CONCURRENCY = 8
+
+
 @dataclass
 class _Pending:
     involved: dict[str, Any]
@@ -251,8 +255,27 @@ class EventRecorder:
             await asyncio.gather(worker, return_exceptions=True)
 
     async def _drain(self) -> None:
+        """Write queued events, up to :data:`WRITE_CONCURRENCY` objects' events at a time.
+
+        One write at a time drained about three events a second when the API server was busy, so a
+        burst (a thousand caches created at once) was still being written long after the work it
+        describes was done. Events of one object stay in order, one after another, because their
+        correlation (count, series) depends on the previous write.
+        """
         while True:
-            pending = await self._queue.get()
+            batch = [await self._queue.get()]
+            while len(batch) < WRITE_CONCURRENCY * 4 and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            by_object: dict[str, list[_Pending]] = {}
+            for pending in batch:
+                by_object.setdefault(self._object_key(pending.involved), []).append(pending)
+            lanes = list(by_object.values())
+            for start in range(0, len(lanes), WRITE_CONCURRENCY):
+                chunk = lanes[start : start + WRITE_CONCURRENCY]
+                await asyncio.gather(*(self._record_all(lane) for lane in chunk))
+
+    async def _record_all(self, lane: list[_Pending]) -> None:
+        for pending in lane:
             try:
                 await self._record(pending)
             except Exception:  # the writer must outlive anything one event can do

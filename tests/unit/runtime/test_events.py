@@ -13,7 +13,7 @@ import pytest
 
 from localcache.runtime import errors
 from localcache.runtime.clock import FakeClock
-from localcache.runtime.events import COMBINED_PREFIX, EventRecorder
+from localcache.runtime.events import COMBINED_PREFIX, WRITE_CONCURRENCY, EventRecorder
 from localcache.runtime.resources import CONFIGMAPS, EVENTS, Resource
 
 CM = {
@@ -255,3 +255,36 @@ async def test_listed_objects_get_kind_from_the_resource(recorder: EventRecorder
     await recorder.flush()
     ref = sink.only()["involvedObject"]
     assert (ref["kind"], ref["apiVersion"], ref["name"]) == ("ConfigMap", "v1", "cfg")
+
+
+async def test_events_of_different_objects_are_written_together_and_one_objects_in_order(
+    sink: FakeEvents, clock: FakeClock
+) -> None:
+    in_flight, most = 0, 0
+    create = sink.create
+
+    async def counting_create(*args: Any, **kw: Any) -> dict[str, Any]:
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        try:
+            await asyncio.sleep(0.01)
+            return await create(*args, **kw)
+        finally:
+            in_flight -= 1
+
+    sink.create = counting_create  # type: ignore[method-assign]
+    rec = EventRecorder(sink, "c", host="h", clock=clock)
+    for i in range(20):
+        rec.normal(
+            {"kind": "Pod", "apiVersion": "v1", "metadata": {"name": f"p{i}", "namespace": "ns"}}, "R", "m"
+        )
+    same = {"kind": "Pod", "apiVersion": "v1", "metadata": {"name": "one", "namespace": "ns"}}
+    for i in range(3):
+        rec.normal(same, "R", f"step {i}")
+    await asyncio.wait_for(rec.flush(), 5)
+    await rec.close(grace=1)
+    assert 1 < most <= WRITE_CONCURRENCY, most
+    assert rec.written == 23
+    steps = [o["message"] for o in sink.objects.values() if o["involvedObject"]["name"] == "one"]
+    assert steps == ["step 0", "step 1", "step 2"], "one object's events keep their order"
