@@ -21,7 +21,8 @@ does on each pass (reference §3, with the fixes of §9.2):
    it changed:
    ``modelStatus`` (KServe's enum), ``modelStatusDetails`` (failure ``reason``, ``attempt``,
    ``nextAttemptTime``, ``startTime``/``completionTime``, ``bytes``/``totalBytes``, Job name,
-   transition time and a human-readable message), ``capacity`` (the disk's total/used/available bytes)
+   transition time and a human-readable message; for a downloaded model only bytes and times),
+   ``capacity`` (the disk's total/used/available bytes)
    and conditions ``Ready``, ``Downloading``, ``Degraded`` and ``StorageReady``. Bytes are
    rate-limited: a new figure is published at most every 30 s, and only when it moved by at least 5 %.
 
