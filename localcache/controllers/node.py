@@ -531,7 +531,7 @@ class NodeAgent:
 
     def _blocked(self, marker: Any, pre: PreflightResult) -> _Outcome:
         if marker is not None:
-            return self._downloaded(marker, None)
+            return self._downloaded(marker)
         return _Outcome(ModelStatus.DOWNLOAD_ERROR, _clip(f"{pre.reason}: {pre.message}"), reason=pre.reason)
 
     def _jobs_by_key(self, namespace: str, lmn: LocalModelNode) -> dict[str, list[dict[str, Any]]]:
@@ -590,16 +590,15 @@ class NodeAgent:
             self._backoff.pop(sk, None)
             self._previous_failure.pop(sk, None)
 
-    def _downloaded(self, marker: Any, job: Mapping[str, Any] | None) -> _Outcome:
+    @staticmethod
+    def _downloaded(marker: Any) -> _Outcome:
+        """From the marker alone: a downloaded model's status detail is its bytes and times only."""
         return _Outcome(
             ModelStatus.DOWNLOADED,
-            "",  # the status detail of a downloaded model is its bytes and times only (_new_status)
-            job_name=_job_name(job) if job else None,
+            "",
             bytes=marker.total_bytes,
-            total_bytes=marker.total_bytes,
             start_time=marker.started_at,
             completion_time=marker.completed_at,
-            attempt=job_attempt(dict(job)) if job else None,
         )
 
     def _published_bytes(self, sk: str, measured: int, total: int | None) -> tuple[int, int | None]:
@@ -639,7 +638,7 @@ class NodeAgent:
             self._progress.pop(sk, None)
             self._backoff.pop(sk, None)
             self._previous_failure.pop(sk, None)
-            return self._downloaded(marker, latest)
+            return self._downloaded(marker)
         if latest is None:
             attempt, due, waiting = self._backoff.get(sk, (0, 0.0, None))
             due_in = due - self.clock.monotonic()

@@ -283,16 +283,7 @@ class Store:
         only when it changed since the last call, instead of decoding every object every time.
         ``fn`` must be pure, and callers must not mutate what it returns (it is shared).
         """
-        memo = self._projections.setdefault(fn, {})
-        out = []
-        for key in self.index_keys(index_name, value):
-            stored = self._items[key]
-            hit = memo.get(key)
-            if hit is None or hit[0] is not stored:
-                hit = (stored, fn(self._unpack(stored)))
-                memo[key] = hit
-            out.append(hit[1])
-        return out
+        return [self._projected(fn, key) for key in self.index_keys(index_name, value)]
 
     def shared(self, key: str) -> Obj | None:
         """The object, decoded once per stored version and shared by every caller: read-only.
@@ -301,15 +292,17 @@ class Store:
         controller reads each LocalModelNode, hundreds of KiB at a thousand models, on every
         reconcile). :meth:`get` returns a private copy instead.
         """
-        stored = self._items.get(key)
-        if stored is None:
-            return None
-        memo = self._projections.setdefault(_whole, {})
+        return self._projected(_whole, key) if key in self._items else None
+
+    def _projected(self, fn: Callable[[Obj], Any], key: str) -> Any:
+        """``fn`` of the stored object under ``key``, memoized until that object changes."""
+        stored = self._items[key]
+        memo = self._projections.setdefault(fn, {})
         hit = memo.get(key)
         if hit is None or hit[0] is not stored:
-            hit = (stored, self._unpack(stored))
+            hit = (stored, fn(self._unpack(stored)))
             memo[key] = hit
-        return hit[1]  # type: ignore[no-any-return]
+        return hit[1]
 
     def list_index_values(self, index_name: str) -> list[str]:
         try:
