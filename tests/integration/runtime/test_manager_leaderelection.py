@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 
 from localcache.runtime.client import Client
+from localcache.runtime.errors import Conflict
 from localcache.runtime.leaderelection import LeaderElectionLost
 from localcache.runtime.manager import Manager, ManagerOptions
 from localcache.runtime.resources import LEASES
@@ -99,6 +100,18 @@ async def client(cluster: TestCluster) -> AsyncIterator[Client]:
         yield c
 
 
+async def steal_lease(client: Client, namespace: str, holder: str) -> None:
+    """Take the lease as `holder`; the leader renews concurrently, so a 409 means re-read and retry."""
+    while True:
+        lease = await client.get(LEASES, "failover-test", namespace)
+        lease["spec"].update(holderIdentity=holder, leaseDurationSeconds=int(LEASE))
+        try:
+            await client.update(LEASES, lease)
+            return
+        except Conflict:
+            continue
+
+
 async def test_failover_and_lost_lease(client: Client, namespace: str) -> None:
     shared = Exclusive()
     replicas: list[Replica] = []
@@ -123,8 +136,7 @@ async def test_failover_and_lost_lease(client: Client, namespace: str) -> None:
         # 2. An intruder takes the lease: b steps down within the renew deadline, at once.
         c = Replica(client, namespace, "replica-c", shared)
         replicas.append(c)
-        lease["spec"].update(holderIdentity="intruder", leaseDurationSeconds=int(LEASE))
-        await client.update(LEASES, lease)
+        await steal_lease(client, namespace, "intruder")
         stolen_at = time.monotonic()
         with pytest.raises(LeaderElectionLost):
             await asyncio.wait_for(asyncio.shield(b.task), RENEW + RETRY + 5)
