@@ -69,7 +69,7 @@ demo: $(STAMP) envtest
 
 # Every benchmark runs even if one fails; bench/README.md's tables are then rebuilt from bench/results/.
 bench: $(STAMP)
-	@status=0; for target in bench-runtime bench-download bench-controlplane; do \
+	@status=0; for target in bench-runtime bench-download bench-lmn-write bench-controlplane; do \
 		$(MAKE) --no-print-directory $$target || status=1; done; \
 	$(PY) bench/report.py; exit $$status
 
@@ -78,6 +78,11 @@ bench-runtime: $(STAMP) envtest
 
 bench-download: $(STAMP)
 	$(PY) bench/download_bench.py
+
+# API-server CPU per LocalModelNode write, by size and CRD variant (bench/lmn_write_bench.py)
+.PHONY: bench-lmn-write
+bench-lmn-write: $(STAMP) envtest
+	KUBEBUILDER_ASSETS=$${KUBEBUILDER_ASSETS:-$(ENVTEST_DIR)} $(PY) bench/lmn_write_bench.py
 
 # BENCH_SCALE=small|medium|full|CxN[:jobs],... (default full; see bench/controlplane_bench.py)
 .PHONY: bench-controlplane

@@ -72,7 +72,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import RESULTS_DIR, Results, loglog_slope
+from common import RESULTS_DIR, Results, loglog_slope, proc_cpu_seconds
 from prometheus_client.parser import text_string_to_metric_families
 
 from localcache.api.naming import storage_key
@@ -103,7 +103,6 @@ DOWNLOADED = "ModelDownloaded"
 MODEL_BYTES = b"localcache-bench"  # 16 bytes: what a no-op model weighs
 MODEL_FILE = "model.bin"
 CACHE_PREFIX = "bench-"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 MIB = 1024 * 1024
 
 SCALES: dict[str, list[str]] = {
@@ -179,16 +178,6 @@ def proc_status(pid: int) -> dict[str, int]:
     except (OSError, ValueError):
         pass
     return out
-
-
-def proc_cpu_seconds(pid: int) -> float | None:
-    """utime + stime of ``pid`` in seconds."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = raw.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # fields 14 and 15 of proc(5)
 
 
 def metrics_port(process: ManagedProcess) -> int:

@@ -563,3 +563,36 @@ def check_rbac(crds: TestCluster, tmp_path: Path) -> None:
     assert can(manager, "create", "leases", "-n", "kserve")
     assert not can(manager, "get", "secrets", "-n", "kserve-localmodel-jobs")
     assert not can(manager, "create", "jobs", "-n", "kserve-localmodel-jobs")
+
+
+async def test_node_status_maps_are_one_field_to_the_field_manager(
+    crds: TestCluster, custom: k8s.CustomObjectsApi
+) -> None:
+    """managedFields must not list every model of a node: at 1,000 models that was a third of the
+    object, written and re-encoded by the API server on every status write."""
+    name = unique("lmn-atomic")
+    await custom.create_cluster_custom_object(
+        GROUP, VERSION, "localmodelnodes",
+        {"apiVersion": f"{GROUP}/{VERSION}", "kind": "LocalModelNode", "metadata": {"name": name},
+         "spec": {"localModels": []}},
+    )  # fmt: skip
+    try:
+        models = [f"m{i}" for i in range(5)]
+        status = {
+            "modelStatus": {m: "ModelDownloaded" for m in models},
+            "modelStatusDetails": {m: {"bytes": 1} for m in models},
+        }
+        await custom.patch_cluster_custom_object_status(
+            GROUP, VERSION, "localmodelnodes", name, [{"op": "add", "path": "/status", "value": status}],
+            _content_type="application/json-patch+json",
+        )  # fmt: skip
+        stored = await custom.get_cluster_custom_object(GROUP, VERSION, "localmodelnodes", name)
+        assert stored["status"] == status
+        owned = [
+            f["fieldsV1"]["f:status"]
+            for f in stored["metadata"]["managedFields"]
+            if f.get("subresource") == "status"
+        ]
+        assert owned == [{".": {}, "f:modelStatus": {}, "f:modelStatusDetails": {}}], owned
+    finally:
+        await custom.delete_cluster_custom_object(GROUP, VERSION, "localmodelnodes", name)
