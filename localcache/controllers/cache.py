@@ -99,8 +99,10 @@ from localcache.controllers.nodegroup import (
     plan_group_storage,
 )
 from localcache.runtime import errors
+from localcache.runtime.clock import SYSTEM_CLOCK, Clock
 from localcache.runtime.handlers import EnqueueRequestForOwner, EnqueueRequestsFromMapFunc
 from localcache.runtime.predicates import Funcs, Predicate
+from localcache.runtime.ratelimit import LatencyPacer
 from localcache.runtime.reconcile import Request, Result
 from localcache.runtime.resources import (
     CONFIGMAPS,
@@ -749,12 +751,37 @@ class EntryWriter:
     ourselves.
     """
 
-    def __init__(self, client: Any, cache: Any) -> None:
+    def __init__(self, client: Any, cache: Any, *, clock: Clock = SYSTEM_CLOCK) -> None:
         self.client = client
         self.cache = cache
+        self.clock = clock
         self._pending: dict[str, list[_Pending]] = {}
+        self._in_flight: dict[str, set[tuple[str, str]]] = {}  # node -> identities being written
         self._locks: dict[str, asyncio.Lock] = {}
+        self._pacers: dict[str, LatencyPacer] = {}
         self._written: dict[str, Obj] = {}  # node -> what our last write to it returned
+        self._entry_maps: dict[str, tuple[Obj, dict[tuple[str, str], list[Obj]]]] = {}
+
+    def _unchanged(self, node: str, identity: tuple[str, str], want: Obj | None) -> bool:
+        """Whether the entry already is ``want`` and no write of ours for it is queued or in flight.
+
+        Such a call (every reconcile after the first, while agents report) returns at once instead of
+        queueing behind the node's in-flight write and its pacing.
+        """
+        if identity in self._in_flight.get(node, ()) or any(
+            p.identity == identity for p in self._pending.get(node, ())
+        ):
+            return False
+        lmn = self._latest(node)
+        if lmn is None:
+            return want is None
+        seen, by_identity = self._entry_maps.get(node, (None, {}))
+        if seen is not lmn:  # an index per version of the object: O(1) per call, not O(entries)
+            by_identity = {}
+            for entry in (lmn.get("spec") or {}).get("localModels") or []:
+                by_identity.setdefault(_entry_id(entry), []).append(entry)
+            self._entry_maps[node] = (lmn, by_identity)
+        return by_identity.get(identity, []) == ([want] if want is not None else [])
 
     async def set(
         self, node: str, identity: tuple[str, str], want: Obj | None, *, fresh: bool = False
@@ -764,12 +791,18 @@ class EntryWriter:
         ``fresh`` reads the object from the API server instead of the informer first (deletion: a
         decision "nothing to remove" must not rest on a stale copy).
         """
+        if not fresh and self._unchanged(node, identity, want):
+            return None
         fut: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
         self._pending.setdefault(node, []).append(_Pending(identity, want, fut, fresh))
         lock = self._locks.setdefault(node, asyncio.Lock())
+        pacer = self._pacers.setdefault(node, LatencyPacer(max_interval=10.0, factor=2.0, clock=self.clock))
         async with lock:
             if not fut.done():
+                await self.clock.sleep(pacer.delay())  # what arrives meanwhile joins this write
                 batch = self._pending.pop(node, [])
+                self._in_flight[node] = {p.identity for p in batch}
+                started = self.clock.monotonic()
                 try:
                     outcomes = await self._write(node, batch)
                 except asyncio.CancelledError:
@@ -783,6 +816,9 @@ class EntryWriter:
                 else:
                     for p, outcome in zip(batch, outcomes, strict=True):
                         p.future.set_result(outcome)
+                finally:
+                    pacer.wrote(started)
+                    del self._in_flight[node]
         return fut.result()
 
     def _latest(self, node: str) -> Obj | None:
@@ -1412,7 +1448,8 @@ def setup_cache_controllers(
     if recorder is None:
         recorder = manager.event_recorder("localmodel-controller")
     config = ConfigSource(cache, config_namespace, recorder)
-    writer = EntryWriter(manager.client, cache)  # one per process: both scopes batch into it
+    # one per process: both scopes batch into it
+    writer = EntryWriter(manager.client, cache, clock=manager.clock)
     controllers = []
     for scope, name in ((CLUSTER, "localmodelcache"), (NAMESPACE, "localmodelnamespacecache")):
         reconciler = CacheReconciler(

@@ -99,6 +99,7 @@ from localcache.runtime import (
     Invalid,
     NotFound,
 )
+from localcache.runtime.ratelimit import LatencyPacer
 from localcache.runtime.reconcile import Request, Result
 from localcache.runtime.resources import CONFIGMAPS, JOBS, NODES, PODS, Resource
 from localcache.storage import FailureReason, MarkerCache, parse_error_line
@@ -162,8 +163,12 @@ class AgentOptions:
     progress_min_change: float = 0.05
     created_job_memory_seconds: float = 300.0
     #: At most one status write per interval: while the manager adds hundreds of models, each of its
-    #: spec writes would otherwise cost a status write of the whole (large) object too.
+    #: spec writes would otherwise cost a status write of the whole (large) object too. On a loaded
+    #: API server the interval stretches to ``status_latency_factor`` times the last write's answer
+    #: time (at most ``status_max_interval_seconds``): see :class:`LatencyPacer`.
     status_min_interval_seconds: float = 1.0
+    status_latency_factor: float = 2.0
+    status_max_interval_seconds: float = 10.0
     job: JobOptions = field(default_factory=JobOptions)
 
     def __post_init__(self) -> None:
@@ -380,9 +385,15 @@ class NodeAgent:
         self._preflight_key: tuple[Any, ...] | None = None
         self._preflight: PreflightResult | None = None
         self.last_preflight: PreflightResult | None = None
-        # (resourceVersion the status was computed from, status written, when): skips a rewrite while
-        # the informer still shows the object from before our own write, and paces the writes
-        self._last_write: tuple[str, dict[str, Any], float] | None = None
+        # (resourceVersion the status was computed from, status written): skips a rewrite while the
+        # informer still shows the object from before our own write
+        self._last_write: tuple[str, dict[str, Any]] | None = None
+        self._status_pacer = LatencyPacer(
+            min_interval=options.status_min_interval_seconds,
+            max_interval=max(options.status_min_interval_seconds, options.status_max_interval_seconds),
+            factor=options.status_latency_factor,
+            clock=clock,
+        )
         self._marker_cache = MarkerCache()
 
     @property
@@ -1093,28 +1104,32 @@ class NodeAgent:
         The agent is the only writer of this status, so there is nothing to lose and no reason to
         trade 409s with the manager, whose spec writes bump the resourceVersion many times a second
         while caches are being created (a PUT would conflict, re-read the whole object, and retry).
-        The patch carries only the status, not the spec the manager owns. A change within
-        ``status_min_interval_seconds`` of the last write is held back: the seconds until it may go
-        are returned, for the caller to come back then (by which time more may have changed).
+        The patch carries only the status, not the spec the manager owns. A change that comes sooner
+        than the pacer allows after the last write (``status_min_interval_seconds``, longer while the
+        API server answers slowly) is held back: the seconds until it may go are returned, for the
+        caller to come back then (by which time more may have changed).
         """
         status = self._new_status(lmn, outcomes, pre).to_dict()
         if status == (obj.get("status") or {}):
             return None
         rv = str((obj.get("metadata") or {}).get("resourceVersion") or "")
-        if self._last_write is not None and self._last_write[:2] == (rv, status):
+        if self._last_write == (rv, status):
             return None  # the informer has not caught up with the status we just wrote
-        if self._last_write is not None:
-            wait = self._last_write[2] + self.options.status_min_interval_seconds - self.clock.monotonic()
-            if wait > 0:
-                return wait
-        await self.client.patch(
-            LOCAL_MODEL_NODES,
-            self.node_name,
-            [{"op": "add", "path": "/status", "value": status}],
-            patch_type="json",
-            subresource="status",
-        )
-        self._last_write = (rv, status, self.clock.monotonic())
+        wait = self._status_pacer.delay()
+        if wait > 0:
+            return wait
+        started = self.clock.monotonic()
+        try:
+            await self.client.patch(
+                LOCAL_MODEL_NODES,
+                self.node_name,
+                [{"op": "add", "path": "/status", "value": status}],
+                patch_type="json",
+                subresource="status",
+            )
+        finally:
+            self._status_pacer.wrote(started)
+        self._last_write = (rv, status)
         return None
 
 

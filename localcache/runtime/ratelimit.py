@@ -17,6 +17,7 @@ __all__ = [
     "BucketRateLimiter",
     "ItemExponentialFailureRateLimiter",
     "ItemFastSlowRateLimiter",
+    "LatencyPacer",
     "MaxOfRateLimiter",
     "RateLimiter",
     "WithMaxWaitRateLimiter",
@@ -142,3 +143,40 @@ def default_controller_rate_limiter(clock: Clock = SYSTEM_CLOCK) -> MaxOfRateLim
     return MaxOfRateLimiter(
         ItemExponentialFailureRateLimiter(0.005, 1000.0), BucketRateLimiter(10.0, 100, clock)
     )
+
+
+class LatencyPacer:
+    """Spaces the writes to one object by how long the API server took to answer the last one.
+
+    Writes whose cost grows with the object, not the change (a LocalModelNode of hundreds of KiB is
+    decoded, validated and encoded whole for a one-entry patch), are cheapest in few big batches; but
+    a fixed interval is either slow on a quiet cluster or too busy on a loaded one. The API server's
+    answer time is the load signal, as a round-trip time is for TCP: after a write that took ``L``
+    seconds the next may start ``factor * L`` later (within ``min_interval``..``max_interval``), so
+    on a quiet server writes follow each other at once and on a saturated one each writer backs off
+    in proportion, and changes that arrive meanwhile go out together in the next write.
+    """
+
+    def __init__(
+        self,
+        *,
+        min_interval: float = 0.0,
+        max_interval: float = 10.0,
+        factor: float = 1.0,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        if min_interval < 0 or max_interval < min_interval or factor < 0:
+            raise ValueError("pacer needs 0 <= min_interval <= max_interval and factor >= 0")
+        self.min_interval, self.max_interval, self.factor = min_interval, max_interval, factor
+        self.clock = clock
+        self._next = float("-inf")
+
+    def delay(self) -> float:
+        """Seconds until the next write may start (0: now)."""
+        return max(0.0, self._next - self.clock.monotonic())
+
+    def wrote(self, started: float) -> None:
+        """Record a write that started at ``started`` (``clock.monotonic()``) and has just answered."""
+        now = self.clock.monotonic()
+        gap = min(self.max_interval, max(self.min_interval, self.factor * (now - started)))
+        self._next = now + gap

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+from collections.abc import Callable
 from typing import Any
 
 import jsonpatch
@@ -12,6 +13,7 @@ import pytest
 
 from localcache.controllers.cache import EntryWriter
 from localcache.runtime import errors
+from localcache.runtime.clock import FakeClock
 
 
 class FakeCache:
@@ -88,6 +90,15 @@ class FakeApi:
     def someone_else_adds(self, name: str, entry: dict[str, Any]) -> None:
         self.objects[name]["spec"]["localModels"].append(entry)
         self._bump(self.objects[name])
+
+
+async def until(condition: Callable[[], bool], turns: int = 100) -> None:
+    """Let the event loop run until ``condition`` holds (a bounded number of turns, no wall time)."""
+    for _ in range(turns):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("condition not reached")
 
 
 def entry(model: str, namespace: str = "") -> dict[str, Any]:
@@ -190,14 +201,60 @@ async def test_concurrent_changes_to_one_node_are_batched() -> None:
     cache.lmns["n1"] = copy.deepcopy(api.objects["n1"])
     api.gate = asyncio.Event()
     first = asyncio.create_task(writer.set("n1", ("m0", ""), entry("m0")))
-    await asyncio.sleep(0)  # m0's patch is in flight, held at the gate
+    await until(lambda: api.writes.count("patch") == 1)  # m0's patch is in flight, held at the gate
     rest = [asyncio.create_task(writer.set("n1", (f"m{i}", ""), entry(f"m{i}"))) for i in range(1, 20)]
-    await asyncio.sleep(0)
+    await until(lambda: len(writer._pending.get("n1", [])) == 19)
     api.gate.set()
     outcomes = await asyncio.gather(first, *rest)
     assert outcomes == ["added"] * 20
     assert len(models(api)) == 21
     assert api.writes.count("patch") == 2, api.writes  # m0 alone, then m1..m19 in one patch
+
+
+async def test_the_next_write_waits_in_proportion_to_the_last_answer_time() -> None:
+    """A slow answer (a loaded API server) spaces the next write by twice its time; changes that
+    arrive meanwhile go out together."""
+    api, cache, clock = FakeApi(), FakeCache(), FakeClock()
+    writer = EntryWriter(api, cache, clock=clock)
+    await writer.set("n1", ("first", ""), entry("first"))
+    api.gate = asyncio.Event()
+    slow = asyncio.create_task(writer.set("n1", ("m0", ""), entry("m0")))
+    await until(lambda: api.writes.count("patch") == 1)
+    await clock.advance(3)  # the API server takes 3 s to answer
+    api.gate.set()
+    assert await slow == "added"
+    later = [asyncio.create_task(writer.set("n1", (f"m{i}", ""), entry(f"m{i}"))) for i in range(1, 6)]
+    await clock.advance(5.9)
+    assert api.writes.count("patch") == 1 and not any(t.done() for t in later)
+    await clock.advance(0.1)
+    assert await asyncio.gather(*later) == ["added"] * 5
+    assert api.writes.count("patch") == 2 and len(models(api)) == 7
+
+
+async def test_an_unchanged_entry_does_not_wait_behind_a_write_in_flight() -> None:
+    api, cache = FakeApi(), FakeCache()
+    writer = EntryWriter(api, cache)
+    await writer.set("n1", ("a", ""), entry("a"))
+    cache.lmns["n1"] = copy.deepcopy(api.objects["n1"])
+    writer._written.clear()
+    api.gate = asyncio.Event()
+    held = asyncio.create_task(writer.set("n1", ("b", ""), entry("b")))
+    await until(lambda: api.writes.count("patch") == 1)
+    assert await writer.set("n1", ("a", ""), entry("a")) is None  # returns while "b" is held
+    assert await writer.set("n1", ("zz", ""), None) is None
+    assert not held.done()
+    api.gate.set()
+    assert await held == "added"
+    # an identity whose write is in flight is never answered from the older copy
+    api.gate = asyncio.Event()
+    removing = asyncio.create_task(writer.set("n1", ("b", ""), None))
+    await until(lambda: api.writes.count("patch") == 2)
+    again = asyncio.create_task(writer.set("n1", ("b", ""), entry("b")))
+    await asyncio.sleep(0)
+    assert not again.done()
+    api.gate.set()
+    assert await removing == "removed" and await again == "added"
+    assert models(api) == [("a", ""), ("b", "")]
 
 
 async def test_errors_reach_every_waiter() -> None:

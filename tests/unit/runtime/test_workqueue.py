@@ -11,6 +11,7 @@ from localcache.runtime.ratelimit import (
     BucketRateLimiter,
     ItemExponentialFailureRateLimiter,
     ItemFastSlowRateLimiter,
+    LatencyPacer,
     MaxOfRateLimiter,
     WithMaxWaitRateLimiter,
     default_controller_rate_limiter,
@@ -179,6 +180,28 @@ def test_default_controller_limiter_is_max_of_both() -> None:
     assert lim.when("fresh") > 1.0
     lim.forget("a")
     assert lim.num_requeues("a") == 0
+
+
+async def test_latency_pacer_spaces_writes_by_the_last_answer_time() -> None:
+    clock = FakeClock()
+    pacer = LatencyPacer(min_interval=0.5, max_interval=4, factor=2, clock=clock)
+    assert pacer.delay() == 0.0  # the first write goes at once
+    started = clock.monotonic()
+    await clock.advance(0.1)  # a quick answer: the floor applies
+    pacer.wrote(started)
+    assert pacer.delay() == pytest.approx(0.5)
+    await clock.advance(0.5)
+    assert pacer.delay() == 0.0
+    started = clock.monotonic()
+    await clock.advance(1.5)  # a loaded server: twice its answer time
+    pacer.wrote(started)
+    assert pacer.delay() == pytest.approx(3.0)
+    started = clock.monotonic()
+    await clock.advance(30)  # never longer than the ceiling
+    pacer.wrote(started)
+    assert pacer.delay() == pytest.approx(4.0)
+    with pytest.raises(ValueError):
+        LatencyPacer(min_interval=2, max_interval=1)
 
 
 def test_fast_slow_and_max_wait() -> None:
