@@ -97,8 +97,9 @@ from localcache.controllers.nodegroup import (
     declare_cache_informers,
     format_bytes,
     plan_group_storage,
+    planning_view,
 )
-from localcache.runtime import errors
+from localcache.runtime import errors, jsoncodec
 from localcache.runtime.clock import SYSTEM_CLOCK, Clock
 from localcache.runtime.handlers import EnqueueRequestForOwner, EnqueueRequestsFromMapFunc
 from localcache.runtime.predicates import Funcs, Predicate
@@ -155,6 +156,7 @@ CONDITION_INSUFFICIENT_STORAGE = "InsufficientStorage"
 INDEX_ENTRIES = "localcache.entries"  # LocalModelNode -> status keys of its entries
 INDEX_VOLUME_OWNER = "localcache.volume-owner"  # PV/PVC -> status key of the cache that made it
 INDEX_CONSUMER = "localcache.consumer"  # InferenceService -> status key of the cache it uses
+INDEX_CLAIMED_VOLUME = "localcache.claimed-volume"  # PVC -> the PV it is bound to (spec.volumeName)
 
 DEFAULT_RESYNC_PERIOD = 600.0
 WAIT_REQUEUE = 2.0  # while a volume we need is terminating
@@ -711,7 +713,8 @@ def declare_informers(cache: Any, track_consumers: bool) -> None:
     cache.informer_for(LOCAL_MODEL_NODES, indexers={INDEX_ENTRIES: _entry_keys})
     owner = {INDEX_VOLUME_OWNER: lambda o: [k for k in [volume_owner_key(o)] if k]}
     cache.informer_for(PERSISTENT_VOLUMES, indexers=owner)
-    cache.informer_for(PERSISTENT_VOLUME_CLAIMS, indexers=owner)
+    claimed = {INDEX_CLAIMED_VOLUME: lambda o: [v for v in [(o.get("spec") or {}).get("volumeName")] if v]}
+    cache.informer_for(PERSISTENT_VOLUME_CLAIMS, indexers={**owner, **claimed})
     if track_consumers:
         consumer = {INDEX_CONSUMER: lambda o: [k for k in [consumer_key(o)] if k]}
         cache.informer_for(INFERENCE_SERVICES, indexers=consumer)
@@ -939,6 +942,14 @@ class EntryWriter:
         raise errors.Conflict(f"LocalModelNode {node}: still conflicting after {MAX_WRITE_ATTEMPTS} attempts")
 
 
+@dataclass(frozen=True)
+class _GroupPlan:
+    group: Obj
+    views: list[Obj]  # planning views of the group's caches, as the informer holds them
+    views_by_identity: dict[str, Obj]
+    plan: dict[str, Fit]
+
+
 class CacheReconciler:
     """Reconciles one cache kind (``scope``); see the module docstring."""
 
@@ -965,6 +976,7 @@ class CacheReconciler:
         self.resync_period = resync_period
         self._now = now or (lambda: datetime.now(UTC))
         self._rng = random.Random()
+        self._plans: dict[str, _GroupPlan] = {}
         declare_informers(cache, track_consumers)
 
     # ---- helpers ---------------------------------------------------------------------------------
@@ -987,17 +999,40 @@ class CacheReconciler:
 
     def storage_fits(self, cache_obj: Obj, groups: Mapping[str, Obj | None]) -> dict[str, Fit]:
         ident = cache_identity(cache_obj)
+        mine = planning_view(cache_obj)
         fits: dict[str, Fit] = {}
         for g, group in groups.items():
             if group is None:
                 continue
-            sharing = caches_on_group(self.cache, g)
-            fit = plan_group_storage(
-                group, [c for c in sharing if cache_identity(c) != ident] + [cache_obj]
-            ).get(ident)
+            memo = self._group_plan(g, group)
+            if memo.views_by_identity.get(ident) == mine:
+                fit = memo.plan.get(ident)
+            else:  # our copy is newer than the informer's (or not in it yet): plan with ours
+                others = [c for c in memo.views if cache_identity(c) != ident]
+                fit = plan_group_storage(group, [*others, mine]).get(ident)
             if fit is not None:
                 fits[g] = fit
         return fits
+
+    def _group_plan(self, g: str, group: Obj) -> _GroupPlan:
+        """The group's storage plan over the informer's caches, recomputed only when one changed.
+
+        Every cache reconcile needs its fit, and planning walks all the group's caches (parsing each
+        size): at a thousand caches that was the manager's largest CPU cost. The projected views are
+        shared objects replaced only when their cache changes, so identity tells what changed.
+        """
+        views = caches_on_group(self.cache, g)
+        memo = self._plans.get(g)
+        if (
+            memo is None
+            or memo.group != group
+            or len(memo.views) != len(views)
+            or any(a is not b for a, b in zip(memo.views, views, strict=True))
+        ):
+            by_identity = {cache_identity(v): v for v in views}
+            memo = _GroupPlan(group, views, by_identity, plan_group_storage(group, views))
+            self._plans[g] = memo
+        return memo
 
     # ---- reconcile -------------------------------------------------------------------------------
     async def reconcile(self, request: Request) -> Result | None:
@@ -1119,12 +1154,10 @@ class CacheReconciler:
         ]  # fmt: skip
         for c in unwanted_pvcs:
             await self._delete(PERSISTENT_VOLUME_CLAIMS, _name(c), _ns(c), obj)
-        claimed = {(c.get("spec") or {}).get("volumeName") for c in self.cache.list(PERSISTENT_VOLUME_CLAIMS)
-                   if (c.get("spec") or {}).get("volumeName")}  # fmt: skip
         for v in pvs:
             if ("PersistentVolume", "", _name(v)) in desired or not prunable(v) or _deleting(v):
                 continue
-            if _name(v) in claimed:
+            if self.cache.index_keys(PERSISTENT_VOLUME_CLAIMS, INDEX_CLAIMED_VOLUME, _name(v)):
                 waiting = True  # its PVC goes first; the PVC's delete event brings us back
                 continue
             await self._delete(PERSISTENT_VOLUMES, _name(v), None, obj)
@@ -1325,18 +1358,16 @@ class LocalModelNodeMapper:
 
     def __init__(self, reconciler: CacheReconciler) -> None:
         self.reconciler = reconciler
-        self._last: dict[str, dict[str, str]] = {}
+        self._last: dict[str, dict[str, bytes]] = {}
 
     @staticmethod
-    def signatures(lmn: Obj) -> dict[str, str]:
+    def signatures(lmn: Obj) -> dict[str, bytes]:
         status = lmn.get("status") or {}
         model_status = status.get("modelStatus") or {}
         details = status.get("modelStatusDetails") or {}
         entries = {_entry_key(e): e for e in (lmn.get("spec") or {}).get("localModels") or []}
         keys = set(entries) | set(model_status)
-        return {
-            k: json.dumps([entries.get(k), model_status.get(k), details.get(k)], sort_keys=True) for k in keys
-        }
+        return {k: jsoncodec.canonical([entries.get(k), model_status.get(k), details.get(k)]) for k in keys}
 
     def __call__(self, lmn: Obj) -> list[Request]:
         name = _name(lmn)

@@ -58,6 +58,7 @@ __all__ = [
     "group_status",
     "node_usage",
     "plan_group_storage",
+    "planning_view",
     "setup_nodegroup_controller",
 ]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-__all__ = ["BACKEND", "dumps", "dumps_exact", "loads"]
+__all__ = ["BACKEND", "canonical", "dumps", "dumps_exact", "loads"]
 
 try:
     import orjson as _orjson
@@ -21,6 +21,10 @@ except ImportError:  # pragma: no cover - exercised only where orjson is absent
 
 def _std_dumps(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _std_canonical(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, sort_keys=True).encode()
 
 
 if _orjson is not None:
@@ -34,6 +38,13 @@ if _orjson is not None:
         except TypeError:  # e.g. an integer beyond 64 bits: let the standard library handle it
             return _std_dumps(obj)
 
+    def canonical(obj: Any) -> bytes:
+        """Keys sorted, in a buffer of exactly its size: equal values give equal bytes, for keeping."""
+        try:
+            return bytes(memoryview(_fast_dumps(obj, option=_orjson.OPT_SORT_KEYS)))
+        except TypeError:
+            return _std_canonical(obj)
+
     def dumps_exact(obj: Any) -> bytes:
         """Like :func:`dumps`, in a buffer of exactly the output's size, for bytes that are kept.
 
@@ -46,3 +57,4 @@ else:  # pragma: no cover
     loads = json.loads
     dumps = _std_dumps
     dumps_exact = _std_dumps
+    canonical = _std_canonical
