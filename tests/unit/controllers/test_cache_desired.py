@@ -9,9 +9,12 @@ from typing import Any
 
 from localcache.api.localmodelcache import NodeStatus
 from localcache.api.naming import download_pv_name, download_pvc_name, serving_pv_name, serving_pvc_name
+from localcache.controllers import LOCAL_MODEL_CACHES
+from localcache.controllers import cache as cache_module
 from localcache.controllers.cache import (
     CLUSTER,
     NAMESPACE,
+    CacheReconciler,
     build_status,
     compute_node_status,
     compute_placement,
@@ -22,7 +25,13 @@ from localcache.controllers.cache import (
     status_events,
     upsert_entry,
 )
-from localcache.controllers.nodegroup import format_bytes, group_status, node_usage, plan_group_storage
+from localcache.controllers.nodegroup import (
+    format_bytes,
+    group_status,
+    node_usage,
+    plan_group_storage,
+    planning_view,
+)
 
 NOW = datetime(2026, 11, 28, 1, 0, 0, tzinfo=UTC)
 
@@ -372,3 +381,54 @@ def test_format_bytes() -> None:
     assert format_bytes(10 * 2**30) == "10Gi"
     assert format_bytes(1536 * 2**20) == "1536Mi"
     assert format_bytes(1000) == "1000"
+
+
+class ProjectingCache:
+    """The informer cache as storage planning reads it: shared planning views per cache."""
+
+    def __init__(self, caches: list[dict[str, Any]]) -> None:
+        self.views = [planning_view(c) for c in caches]
+        self.projections = 0
+
+    def project(self, resource: Any, index: str, value: str, fn: Any) -> list[dict[str, Any]]:
+        self.projections += 1
+        return list(self.views) if resource is LOCAL_MODEL_CACHES else []
+
+
+def planner(informer: ProjectingCache) -> CacheReconciler:
+    reconciler = object.__new__(CacheReconciler)  # only the planning state: no informers to declare
+    reconciler.cache, reconciler._plans = informer, {}
+    return reconciler
+
+
+def test_storage_plan_is_reused_until_a_cache_changes_and_a_newer_copy_is_planned_as_is(
+    monkeypatch: Any,
+) -> None:
+    g = group("ga", "pool", "a", limit="25Gi")
+    first = cache("first", ["ga"], size="10Gi", created="2026-11-28T00:00:01Z")
+    second = cache("second", ["ga"], size="10Gi", created="2026-11-28T00:00:02Z")
+    third = cache("third", ["ga"], size="10Gi", created="2026-11-28T00:00:03Z")
+    informer = ProjectingCache([first, second, third])
+    reconciler = planner(informer)
+    planned: list[int] = []
+    real = cache_module.plan_group_storage
+
+    def counted(grp: dict[str, Any], caches: list[dict[str, Any]]) -> Any:
+        planned.append(len(caches))
+        return real(grp, caches)
+
+    monkeypatch.setattr(cache_module, "plan_group_storage", counted)
+    assert not reconciler.storage_fits(third, {"ga": g})["ga"].fits
+    assert reconciler.storage_fits(first, {"ga": g})["ga"].fits
+    assert len(planned) == 1, "one plan serves every cache of the group while none changes"
+    # our copy of "second" is newer than the informer's (it shrank): planned with ours, memo kept
+    smaller = cache("second", ["ga"], size="5Gi", created="2026-11-28T00:00:02Z")
+    assert reconciler.storage_fits(smaller, {"ga": g})["ga"].needed == Decimal(5 * 2**30)
+    assert len(planned) == 2
+    # the informer catches up: "third" now fits, and the plan is recomputed once
+    informer.views[1] = planning_view(smaller)
+    assert reconciler.storage_fits(third, {"ga": g})["ga"].fits
+    assert reconciler.storage_fits(first, {"ga": g})["ga"].fits
+    assert len(planned) == 3
+    assert not reconciler.storage_fits(third, {"ga": group("ga", "pool", "a", limit="20Gi")})["ga"].fits
+    assert len(planned) == 4, "a changed group is planned again"
