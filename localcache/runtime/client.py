@@ -92,6 +92,19 @@ def _ssl_context(cfg: k8s.Configuration) -> ssl.SSLContext:
     return ctx
 
 
+#: Connections for ordinary requests (kubernetes_asyncio's default is 100). Over HTTP/1.1 each
+#: request in flight holds one TLS connection, and each costs about 0.4 MiB (asyncio's 256 KiB SSL
+#: buffer, OpenSSL's and aiohttp's): a manager writing to fifty nodes at once filled all 100. An API
+#: server gains nothing from more parallel requests from one client than it has cores to serve them
+#: (client-go multiplexes everything over one HTTP/2 connection); the rest wait their turn in the pool.
+DEFAULT_MAX_CONNECTIONS = 32
+
+
+def _pooled(cfg: k8s.Configuration) -> k8s.Configuration:
+    cfg.connection_pool_maxsize = DEFAULT_MAX_CONNECTIONS
+    return cfg
+
+
 class Client:
     """Raw-JSON client over a ``kubernetes_asyncio.client.ApiClient``; see the module docstring."""
 
@@ -132,7 +145,7 @@ class Client:
         await k8s_config.load_kube_config(
             config_file=str(path), context=context, client_configuration=cfg, persist_config=False
         )
-        return cls(k8s.ApiClient(cfg), owns_api_client=True, **kw)
+        return cls(k8s.ApiClient(_pooled(cfg)), owns_api_client=True, **kw)
 
     @classmethod
     async def from_config(
@@ -156,7 +169,7 @@ class Client:
         if in_cluster:
             cfg = k8s.Configuration()
             k8s_config.load_incluster_config(client_configuration=cfg)
-            return cls(k8s.ApiClient(cfg), owns_api_client=True, **kw)
+            return cls(k8s.ApiClient(_pooled(cfg)), owns_api_client=True, **kw)
         return await cls.from_kubeconfig(kubeconfig, context=context, **kw)
 
     async def close(self) -> None:

@@ -96,3 +96,18 @@ async def test_config_from_kubeconfig_env(cluster, monkeypatch: pytest.MonkeyPat
         ns = await c.get(NAMESPACES, "default")
         assert ns["metadata"]["name"] == "default"
         assert c.host.startswith("https://")
+
+
+async def test_requests_beyond_the_connection_pool_wait_their_turn(cluster, namespace: str) -> None:  # type: ignore[no-untyped-def]
+    """A manager writing to fifty nodes at once must not open a TLS connection per request."""
+    from localcache.runtime.client import DEFAULT_MAX_CONNECTIONS
+
+    async with await Client.from_kubeconfig(cluster.kubeconfig) as c:
+        connector = c._session().connector
+        assert connector is not None and connector.limit == DEFAULT_MAX_CONNECTIONS
+        results = await asyncio.gather(
+            *(c.get(NAMESPACES, namespace) for _ in range(3 * DEFAULT_MAX_CONNECTIONS))
+        )
+        assert {r["metadata"]["name"] for r in results} == {namespace}
+        opened = sum(len(conns) for conns in connector._conns.values())
+        assert 0 < opened <= DEFAULT_MAX_CONNECTIONS

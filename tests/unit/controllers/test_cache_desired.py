@@ -432,3 +432,20 @@ def test_storage_plan_is_reused_until_a_cache_changes_and_a_newer_copy_is_planne
     assert len(planned) == 3
     assert not reconciler.storage_fits(third, {"ga": group("ga", "pool", "a", limit="20Gi")})["ga"].fits
     assert len(planned) == 4, "a changed group is planned again"
+
+
+def test_status_is_built_on_our_last_status_write_until_the_informer_shows_it() -> None:
+    reconciler = object.__new__(CacheReconciler)
+    reconciler._status_written = {}
+    seen = {**cache("m", ["ga"]), "status": {"copies": {"available": 0}}}
+    seen["metadata"]["resourceVersion"] = "10"
+    assert reconciler._newest(seen) is seen
+    ours = {
+        **seen,
+        "metadata": {**seen["metadata"], "resourceVersion": "11"},
+        "status": {"copies": {"available": 1}},
+    }
+    reconciler._status_written["m"] = ours
+    assert reconciler._newest(seen) is ours, "the informer still shows version 10"
+    later = {**seen, "metadata": {**seen["metadata"], "resourceVersion": "12"}}
+    assert reconciler._newest(later) is later and reconciler._status_written == {}, "caught up: forgotten"
