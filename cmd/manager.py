@@ -60,7 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--max-concurrent-reconciles",
         type=int,
-        default=64,
+        default=256,
         help="cache reconciles in flight at once; their LocalModelNode changes are batched into one "
         "write per node, so more workers mean fewer, larger writes when many caches change together",
     )

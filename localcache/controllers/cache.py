@@ -1495,7 +1495,7 @@ def setup_cache_controllers(
     track_consumers: bool = True,
     recorder: Any = None,
     resync_period: float = DEFAULT_RESYNC_PERIOD,
-    max_concurrent_reconciles: int = 64,
+    max_concurrent_reconciles: int = 256,
     name_prefix: str = "",
     **options: Any,
 ) -> list[Any]:
