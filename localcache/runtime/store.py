@@ -75,6 +75,23 @@ def _namespace_of_key(key: str) -> str:
 
 
 def _whole(obj: Obj) -> Obj:
+    """The object as :meth:`Store.shared` keeps it: its short string values interned in place.
+
+    Shared objects live as long as their version, and large ones repeat the same values across
+    objects (fifty LocalModelNodes list the same thousand model names and URIs, the same states
+    and timestamps): interned, each is stored once (fifty nodes of 1,000 models: 45 -> 25 MiB).
+    The object was decoded for this memo alone, so replacing values by equal ones is invisible.
+    """
+    stack: list[Any] = [obj]
+    while stack:
+        node = stack.pop()
+        pairs = node.items() if isinstance(node, dict) else enumerate(node)
+        for k, v in pairs:
+            if isinstance(v, str):
+                if len(v) <= _INTERN_MAX:
+                    node[k] = _intern(v)
+            elif isinstance(v, dict | list):
+                stack.append(v)
     return obj
 
 
@@ -88,6 +105,7 @@ def deep_copy(value: Any) -> Any:
 
 
 _intern = sys.intern
+_INTERN_MAX = 256  # longer strings are rarely repeated (messages), and interning costs a hash
 
 
 def intern_keys(value: Any) -> Any:

@@ -440,12 +440,10 @@ def test_status_is_built_on_our_last_status_write_until_the_informer_shows_it() 
     seen = {**cache("m", ["ga"]), "status": {"copies": {"available": 0}}}
     seen["metadata"]["resourceVersion"] = "10"
     assert reconciler._newest(seen) is seen
-    ours = {
-        **seen,
-        "metadata": {**seen["metadata"], "resourceVersion": "11"},
-        "status": {"copies": {"available": 1}},
-    }
-    reconciler._status_written["m"] = ours
-    assert reconciler._newest(seen) is ours, "the informer still shows version 10"
+    reconciler._status_written["m"] = ("11", b'{"copies":{"available":1}}')
+    ours = reconciler._newest(seen)
+    assert ours["metadata"]["resourceVersion"] == "11", "the informer still shows version 10"
+    assert ours["status"] == {"copies": {"available": 1}} and ours["spec"] == seen["spec"]
+    assert seen["metadata"]["resourceVersion"] == "10", "the informer's copy is not touched"
     later = {**seen, "metadata": {**seen["metadata"], "resourceVersion": "12"}}
     assert reconciler._newest(later) is later and reconciler._status_written == {}, "caught up: forgotten"

@@ -132,3 +132,17 @@ def test_project_recomputes_only_changed_objects_and_forgets_removed_ones(mode: 
     assert s.project(NAMESPACE_INDEX, "n1", value_of) == ["4", "3"]
     s.replace([cm("c", "n1", k="5")], "9")
     assert s.project(NAMESPACE_INDEX, "n1", value_of) == ["5"]
+
+
+def test_shared_objects_are_decoded_once_per_version_and_store_repeated_strings_once() -> None:
+    s = Store(mode="compact")
+    # each decode makes new strings; interned, equal values across objects are one string
+    spec = {"localModels": [{"sourceModelUri": "hf://org/model", "modelName": f"m{i}"} for i in range(3)]}
+    s.add({"metadata": {"name": "n1", "resourceVersion": "1"}, "spec": spec})
+    s.add({"metadata": {"name": "n2", "resourceVersion": "1"}, "spec": spec})
+    one, two = s.shared("n1"), s.shared("n2")
+    assert one is s.shared("n1"), "decoded once per version"
+    assert one is not None and two is not None and one["spec"] == spec
+    assert one["spec"]["localModels"][0]["sourceModelUri"] is two["spec"]["localModels"][2]["sourceModelUri"]
+    s.add({"metadata": {"name": "n1", "resourceVersion": "2"}, "spec": {}})
+    assert s.shared("n1") is not one and s.shared("n1")["spec"] == {}  # type: ignore[index]
