@@ -359,8 +359,11 @@ class ControlPlane:
             "current-context": "envtest",
         }
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(yaml.safe_dump(config))
-        path.chmod(0o600)
+        # atomically: processes started a moment ago may be reading the same identity's file
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(yaml.safe_dump(config))
+        tmp.chmod(0o600)
+        tmp.replace(path)
         return path
 
     def user_kubeconfig(

@@ -154,3 +154,18 @@ async def test_adapter_with_plain_function_returning_a_coroutine() -> None:
     a.on_add(obj("p"), False)
     await asyncio.gather(*a._pending)
     assert [r.name for r, _ in drain(q)] == ["owner-of-p"]
+
+
+async def test_coalescing_map_function_enqueues_each_request_once_per_burst() -> None:
+    clock = FakeClock()
+    q: WorkQueue[Request] = WorkQueue(clock=clock)
+    a = InformerAdapter(EnqueueRequestsFromMapFunc(lambda o: [Request("", "cache")], coalesce=0.5), [], q)
+    for name in ("node-1", "node-2", "node-3"):  # three agents report the same model in a burst
+        a.on_update(obj(name), obj(name))
+        await clock.advance(0.1)
+    assert drain(q) == [], "nothing before the first event's delay is up"
+    await clock.advance(0.2)
+    assert [r for r, _ in drain(q)] == [Request("", "cache")], "one reconcile for the burst"
+    a.on_update(obj("node-1"), obj("node-1"))
+    await clock.advance(0.5)
+    assert [r for r, _ in drain(q)] == [Request("", "cache")], "a later event is a new burst"
