@@ -164,7 +164,7 @@ WAIT_REQUEUE = 2.0  # while a volume we need is terminating
 MAX_WRITE_ATTEMPTS = 8
 #: A cache whose entry or status changed on a LocalModelNode is reconciled this long after the first
 #: such change, with every other node's change meanwhile: fifty agents reporting the same model one
-#: after another cost one status computation and write, not fifty (17 -> N reconciles a cache at
+#: after another cost one status computation and write, not fifty (17 -> 3.5 reconciles a cache at
 #: 1,000 caches x 50 nodes; see bench/README.md).
 NODE_REPORT_COALESCE = 0.5
 
