@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from chaos.harness import ChaosSystem
-from chaos.invariants import CacheSpec
+from chaos.invariants import CacheSpec, Monitor
 from localcache.runtime import errors
 from localcache.runtime.resources import CONFIGMAPS
 from localcache.testing.system import CONFIG_NAMESPACE, LOCAL_MODEL_CACHES, LOCAL_MODEL_NODES, apply_documents
@@ -41,10 +41,12 @@ async def _until(probe: Callable[[], Awaitable[Any]], within: float) -> Any:
     return value
 
 
-async def _edit_node(chaos: ChaosSystem, node: str, caches: list[CacheSpec]) -> None:
+async def _edit_node(chaos: ChaosSystem, node: str, caches: list[CacheSpec], monitor: Monitor | None) -> None:
     """Remove one entry, garble another's URI, add one the manager never wrote: in one update."""
     assert chaos.system is not None and chaos.system.client is not None
     client = chaos.system.client
+    if monitor is not None:
+        monitor.removed_by_hand(caches[1].status_key, node)
     for _ in range(10):
         lmn = await client.get(LOCAL_MODEL_NODES, node)
         entries = list(lmn["spec"].get("localModels") or [])
@@ -61,7 +63,9 @@ async def _edit_node(chaos: ChaosSystem, node: str, caches: list[CacheSpec]) -> 
             continue
 
 
-async def hostile_edits(chaos: ChaosSystem, caches: list[CacheSpec], within: float = 60.0) -> list[str]:
+async def hostile_edits(
+    chaos: ChaosSystem, caches: list[CacheSpec], within: float = 60.0, monitor: Monitor | None = None
+) -> list[str]:
     """Returns violations (sentences); empty when everything recovered as documented."""
     assert chaos.system is not None and chaos.system.client is not None
     client = chaos.system.client
@@ -69,7 +73,7 @@ async def hostile_edits(chaos: ChaosSystem, caches: list[CacheSpec], within: flo
     node = caches[0].nodes[0]
 
     # ---- a LocalModelNode edited by hand ---------------------------------------------------------
-    await _edit_node(chaos, node, caches)
+    await _edit_node(chaos, node, caches, monitor)
 
     async def restored() -> bool:
         lmn = await client.get(LOCAL_MODEL_NODES, node)

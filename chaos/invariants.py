@@ -119,12 +119,18 @@ class Monitor:
     violations: list[str] = field(default_factory=list)
     samples: int = 0
     _seen_entries: set[tuple[str, str]] = field(default_factory=set)
+    _removed_by_hand: set[tuple[str, str]] = field(default_factory=set)
     _complete: set[tuple[str, str]] = field(default_factory=set)
     _task: asyncio.Task[None] | None = None
 
     def _violate(self, text: str) -> None:
         if text not in self.violations:
             self.violations.append(text)
+
+    def removed_by_hand(self, status_key: str, node: str) -> None:
+        """The harness is about to delete this entry itself (a hostile edit): its absence is not the
+        manager's doing until it has been restored once. How fast it comes back is checked there."""
+        self._removed_by_hand.add((status_key, node))
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop())
@@ -170,7 +176,8 @@ class Monitor:
                 key = (cache.status_key, node)
                 if (cache.name, cache.namespace) in entries:
                     self._seen_entries.add(key)
-                elif key in self._seen_entries:
+                    self._removed_by_hand.discard(key)
+                elif key in self._seen_entries and key not in self._removed_by_hand:
                     self._violate(f"{cache}: the LocalModelNode {node} entry was lost while the cache exists")
                 folder = self.models_dir(node) / storage_key(cache.uri)
                 complete = await asyncio.to_thread(marker_ok, folder, cache.uri)

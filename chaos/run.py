@@ -365,7 +365,7 @@ class Run:
             not_converged = await self.converge()
             self.result.converge_s = time.monotonic() - t0
             if not not_converged and self.hostile_edits:
-                self.result.violations += await hostile_edits(self.chaos, self.caches)
+                self.result.violations += await hostile_edits(self.chaos, self.caches, monitor=monitor)
                 self.result.violations += await self.converge()
             await monitor.stop()
             self.result.samples = monitor.samples

@@ -824,10 +824,11 @@ class EntryWriter:
                     for p in batch:
                         p.future.set_exception(exc)
                 else:
+                    pacer.wrote(started)  # only answers set the pace: a request that hung in an
+                    # outage says nothing about the load, and errors have the workqueue's backoff
                     for p, outcome in zip(batch, outcomes, strict=True):
                         p.future.set_result(outcome)
                 finally:
-                    pacer.wrote(started)
                     del self._in_flight[node]
         return fut.result()
 
@@ -942,12 +943,16 @@ class EntryWriter:
                 lmn = None
                 continue
             self._remember(node, result)
+            changed: dict[str, list[str]] = {}
+            for p, outcome in zip(batch, outcomes, strict=True):
+                if outcome:
+                    changed.setdefault(outcome, []).append(status_key(p.identity[0], p.identity[1] or None))
             log.info(
                 "local model node entries written",
                 extra={
                     "node": node,
-                    "changes": str(sum(1 for o in outcomes if o)),
                     "entries": str(len(models)),
+                    **{outcome: _some(names) for outcome, names in changed.items()},
                 },
             )
             return outcomes

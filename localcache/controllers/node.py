@@ -1119,16 +1119,14 @@ class NodeAgent:
         if wait > 0:
             return wait
         started = self.clock.monotonic()
-        try:
-            await self.client.patch(
-                LOCAL_MODEL_NODES,
-                self.node_name,
-                [{"op": "add", "path": "/status", "value": status}],
-                patch_type="json",
-                subresource="status",
-            )
-        finally:
-            self._status_pacer.wrote(started)
+        await self.client.patch(
+            LOCAL_MODEL_NODES,
+            self.node_name,
+            [{"op": "add", "path": "/status", "value": status}],
+            patch_type="json",
+            subresource="status",
+        )
+        self._status_pacer.wrote(started)  # answers only: a failure is retried with backoff anyway
         self._last_write = (rv, status)
         return None
 

@@ -231,6 +231,28 @@ async def test_the_next_write_waits_in_proportion_to_the_last_answer_time() -> N
     assert api.writes.count("patch") == 2 and len(models(api)) == 7
 
 
+async def test_a_write_that_failed_after_hanging_does_not_hold_back_the_next() -> None:
+    """An API server restart hangs a request for a long time: that is an outage, not load."""
+    api, cache, clock = FakeApi(), FakeCache(), FakeClock()
+    writer = EntryWriter(api, cache, clock=clock)
+    await writer.set("n1", ("first", ""), entry("first"))
+    real_patch = api.patch
+
+    async def hangs_then_fails(*_: Any, **__: Any) -> dict[str, Any]:
+        await clock.sleep(30)
+        raise errors.ServerError("the API server went away")
+
+    api.patch = hangs_then_fails  # type: ignore[method-assign]
+    failing = asyncio.create_task(writer.set("n1", ("m0", ""), entry("m0")))
+    await clock.advance(30)
+    with pytest.raises(errors.ServerError):
+        await failing
+    api.patch = real_patch  # type: ignore[method-assign]
+    retried = asyncio.create_task(writer.set("n1", ("m0", ""), entry("m0")))
+    await clock.settle()
+    assert retried.done() and retried.result() == "added", "written at once, not 60 s later"
+
+
 async def test_an_unchanged_entry_does_not_wait_behind_a_write_in_flight() -> None:
     api, cache = FakeApi(), FakeCache()
     writer = EntryWriter(api, cache)
