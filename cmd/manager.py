@@ -18,7 +18,11 @@ from typing import Any
 
 from localcache.api.constants import DEFAULT_CONFIG_NAMESPACE
 from localcache.controllers.admission import register_admission
-from localcache.controllers.cache import consumers_available, setup_cache_controllers
+from localcache.controllers.cache import (
+    DEFAULT_MAX_CONCURRENT_RECONCILES,
+    consumers_available,
+    setup_cache_controllers,
+)
 from localcache.controllers.nodegroup import setup_nodegroup_controller
 from localcache.runtime import Client
 from localcache.runtime.logs import setup_logging
@@ -60,7 +64,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--max-concurrent-reconciles",
         type=int,
-        default=256,
+        default=DEFAULT_MAX_CONCURRENT_RECONCILES,
         help="cache reconciles in flight at once; their LocalModelNode changes are batched into one "
         "write per node, so more workers mean fewer, larger writes when many caches change together",
     )

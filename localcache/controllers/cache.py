@@ -117,6 +117,7 @@ from localcache.runtime.resources import (
 __all__ = [
     "CLUSTER",
     "CONDITION_INSUFFICIENT_STORAGE",
+    "DEFAULT_MAX_CONCURRENT_RECONCILES",
     "LABEL_CACHE",
     "LABEL_CACHE_NAMESPACE",
     "LABEL_NODE_GROUP",
@@ -167,6 +168,9 @@ MAX_WRITE_ATTEMPTS = 8
 #: after another cost one status computation and write, not fifty (17 -> 3.5 reconciles a cache at
 #: 1,000 caches x 50 nodes; see bench/README.md).
 NODE_REPORT_COALESCE = 0.5
+#: Cache reconciles in flight: one waiting on a paced LocalModelNode write is a parked coroutine,
+#: and more of them make each node's batch larger (bench/README.md).
+DEFAULT_MAX_CONCURRENT_RECONCILES = 256
 
 
 # ---- scope -----------------------------------------------------------------------------------------
@@ -806,7 +810,9 @@ class EntryWriter:
         fut: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
         self._pending.setdefault(node, []).append(_Pending(identity, want, fut, fresh))
         lock = self._locks.setdefault(node, asyncio.Lock())
-        pacer = self._pacers.setdefault(node, LatencyPacer(max_interval=10.0, factor=2.0, clock=self.clock))
+        pacer = self._pacers.get(node)
+        if pacer is None:
+            pacer = self._pacers[node] = LatencyPacer(max_interval=10.0, factor=2.0, clock=self.clock)
         async with lock:
             if not fut.done():
                 await self.clock.sleep(pacer.delay())  # what arrives meanwhile joins this write
@@ -1514,7 +1520,7 @@ def setup_cache_controllers(
     track_consumers: bool = True,
     recorder: Any = None,
     resync_period: float = DEFAULT_RESYNC_PERIOD,
-    max_concurrent_reconciles: int = 256,
+    max_concurrent_reconciles: int = DEFAULT_MAX_CONCURRENT_RECONCILES,
     name_prefix: str = "",
     **options: Any,
 ) -> list[Any]:

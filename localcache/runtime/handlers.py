@@ -110,6 +110,7 @@ class InformerAdapter:
         self.handler = handler
         self.predicates = tuple(predicates)
         self.queue = queue
+        self._delay = float(getattr(handler, "coalesce", 0.0))
         self._pending: set[asyncio.Future[None]] = set()
         self._async = inspect.iscoroutinefunction(
             getattr(handler, "fn", None)
@@ -132,10 +133,9 @@ class InformerAdapter:
         self._add(await reqs, priority)
 
     def _add(self, reqs: Iterable[Request], priority: int) -> None:
-        delay = getattr(self.handler, "coalesce", 0.0)
         for r in reqs:
-            if delay > 0:
-                self.queue.add_after(r, delay, priority)
+            if self._delay > 0:
+                self.queue.add_after(r, self._delay, priority)
             else:
                 self.queue.add(r, priority)
 

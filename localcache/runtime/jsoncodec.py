@@ -39,9 +39,10 @@ if _orjson is not None:
             return _std_dumps(obj)
 
     def canonical(obj: Any) -> bytes:
-        """Keys sorted, in a buffer of exactly its size: equal values give equal bytes, for keeping."""
+        """Keys sorted: equal values give equal bytes (to hash or compare; wrap in
+        :func:`dumps_exact`'s copy before keeping many)."""
         try:
-            return bytes(memoryview(_fast_dumps(obj, option=_orjson.OPT_SORT_KEYS)))
+            return _fast_dumps(obj, option=_orjson.OPT_SORT_KEYS)
         except TypeError:
             return _std_canonical(obj)
 

@@ -80,7 +80,8 @@ def _whole(obj: Obj) -> Obj:
     Shared objects live as long as their version, and large ones repeat the same values across
     objects (fifty LocalModelNodes list the same thousand model names and URIs, the same states
     and timestamps): interned, each is stored once (fifty nodes of 1,000 models: 45 -> 25 MiB).
-    The object was decoded for this memo alone, so replacing values by equal ones is invisible.
+    The object is this memo's own decode (compact storage) or the stored dict (dict storage); either
+    way replacing values by equal ones is invisible to every reader.
     """
     stack: list[Any] = [obj]
     while stack:
