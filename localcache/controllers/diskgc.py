@@ -7,14 +7,23 @@ touched: storage-key folders (exactly 16 lowercase hex digits) and the download 
 staging/trash folders of such keys (``.<key>.localcache-staging``, ``.<key>.localcache-trash-<pid>``).
 Symlinks, regular files and any other name are left alone. A folder must stay unwanted for the whole
 grace period (10 minutes by default), measured on an injectable clock, before it is removed; if it is
-wanted again meanwhile, its timer resets. The timer is in memory: a restart starts it again, which
-only ever delays a deletion.
+wanted again meanwhile, its timer resets.
+
+The timers survive an agent restart: when the set of orphans changes, the wall-clock time each was first
+seen unreferenced is written (atomically) to ``<models>/.localcache-gc.json``. Without that, an agent
+restarted more often than the grace period (an OOM loop, a rolling update every few minutes) would never
+delete anything. Within one process the timers run on the monotonic clock; a saved time only says how much
+of the grace period had passed before the restart, clamped to [0, grace], so a wall clock set back never
+deletes early, and an unreadable state file only starts the timers again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
+import os
 import re
 import shutil
 from collections.abc import Iterable
@@ -23,12 +32,13 @@ from pathlib import Path
 
 from localcache.runtime import SYSTEM_CLOCK, Clock
 
-__all__ = ["DEFAULT_GRACE_SECONDS", "STORAGE_KEY_RE", "DiskGC", "GCResult", "owned_key"]
+__all__ = ["DEFAULT_GRACE_SECONDS", "GC_STATE_NAME", "STORAGE_KEY_RE", "DiskGC", "GCResult", "owned_key"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_GRACE_SECONDS = 600.0
 STORAGE_KEY_RE = re.compile(r"^[0-9a-f]{16}$")
+GC_STATE_NAME = ".localcache-gc.json"
 _SIBLING_RE = re.compile(r"^\.([0-9a-f]{16})\.localcache-(?:staging|trash-\d+)$")
 
 
@@ -65,6 +75,45 @@ class DiskGC:
         self.grace_seconds = grace_seconds
         self.clock = clock
         self._orphaned_since: dict[str, float] = {}
+        """name -> monotonic time it was first seen unreferenced."""
+        self._first_seen_wall: dict[str, float] = {}
+        """name -> the same instant as a wall-clock epoch, what the state file keeps."""
+        self._loaded = False
+
+    @property
+    def state_path(self) -> Path:
+        return self.models_dir / GC_STATE_NAME
+
+    def _load(self) -> None:
+        """Restart the saved timers: each resumes with the time already served before the restart."""
+        try:
+            saved = json.loads(self.state_path.read_text())
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            log.warning("disk gc: ignoring unreadable state %s: %s", self.state_path, exc)
+            return
+        if not isinstance(saved, dict):
+            return
+        mono, wall = self.clock.monotonic(), self.clock.now().timestamp()
+        for name, since in saved.items():
+            if owned_key(name) is None or not isinstance(since, int | float):
+                continue
+            served = min(max(wall - float(since), 0.0), self.grace_seconds)
+            self._orphaned_since[name] = mono - served
+            self._first_seen_wall[name] = float(since)
+
+    def _save(self) -> None:
+        if not self._first_seen_wall and not self.state_path.exists():
+            return
+        tmp = self.state_path.with_name(f"{GC_STATE_NAME}.tmp")
+        try:
+            tmp.write_text(json.dumps(self._first_seen_wall, sort_keys=True))
+            os.replace(tmp, self.state_path)
+        except OSError as exc:  # the timers still run in memory; a restart only delays a deletion
+            log.warning("disk gc: cannot save state %s: %s", self.state_path, exc)
+            with contextlib.suppress(OSError):
+                tmp.unlink()
 
     def _candidates(self, wanted: set[str]) -> list[Path]:
         try:
@@ -84,14 +133,21 @@ class DiskGC:
     async def collect(self, wanted: Iterable[str]) -> GCResult:
         """One pass: start timers for new orphans, delete those past the grace period."""
         wanted_set = set(wanted)
+        if not self._loaded:
+            self._loaded = True
+            await asyncio.to_thread(self._load)
         now = self.clock.monotonic()
         result = GCResult()
         candidates = await asyncio.to_thread(self._candidates, wanted_set)
         names = {c.name for c in candidates}
-        for gone in set(self._orphaned_since) - names:
-            del self._orphaned_since[gone]
+        before = set(self._orphaned_since)
+        for gone in before - names:
+            self._forget(gone)
+        for name in names - before:
+            self._orphaned_since[name] = now
+            self._first_seen_wall[name] = self.clock.now().timestamp()
         for path in candidates:
-            since = self._orphaned_since.setdefault(path.name, now)
+            since = self._orphaned_since[path.name]
             left = since + self.grace_seconds - now
             if left > 0:
                 result.waiting[path.name] = left
@@ -104,7 +160,13 @@ class DiskGC:
                     "disk gc: cannot delete %s: %s", path, exc, extra={"path": str(path), "error": str(exc)}
                 )
                 continue
-            del self._orphaned_since[path.name]
+            self._forget(path.name)
             result.deleted.append(path.name)
             log.info("disk gc: deleted unreferenced model folder %s", path, extra={"path": str(path)})
+        if set(self._orphaned_since) != before:
+            await asyncio.to_thread(self._save)
         return result
+
+    def _forget(self, name: str) -> None:
+        del self._orphaned_since[name]
+        del self._first_seen_wall[name]

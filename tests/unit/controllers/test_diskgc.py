@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
-from localcache.controllers.diskgc import DiskGC, owned_key
+from localcache.controllers.diskgc import GC_STATE_NAME, DiskGC, owned_key
 from localcache.runtime.clock import FakeClock
 
 KEEP = "0123456789abcdef"
@@ -91,3 +92,51 @@ async def test_missing_models_dir_is_empty(tmp_path: Path) -> None:
 def test_negative_grace_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="grace"):
         DiskGC(tmp_path, grace_seconds=-1)
+
+
+async def test_timers_survive_a_restart(tmp_path: Path) -> None:
+    """An agent restarted more often than the grace period still deletes: the time served is kept."""
+    clock = FakeClock()
+    folder = tmp_path / "models" / ORPHAN
+    folder.mkdir(parents=True)
+    first = DiskGC(tmp_path / "models", grace_seconds=600, clock=clock)
+    await first.collect(set())
+    await clock.advance(400)
+    restarted = DiskGC(tmp_path / "models", grace_seconds=600, clock=clock)
+    result = await restarted.collect(set())
+    assert result.waiting[ORPHAN] == pytest.approx(200)
+    await clock.advance(200)
+    assert (await restarted.collect(set())).deleted == [ORPHAN]
+    assert json.loads((tmp_path / "models" / GC_STATE_NAME).read_text()) == {}
+
+
+async def test_saved_timers_never_shorten_the_grace_period(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    (models / ORPHAN).mkdir(parents=True)
+    (models / KEEP).mkdir()
+    clock = FakeClock()
+    # a wall clock set back (a time in the future) serves nothing; a stale name is dropped; a
+    # foreign name in the file is ignored
+    future = clock.now().timestamp() + 3600
+    (models / GC_STATE_NAME).write_text(json.dumps({ORPHAN: future, "my-notes": 0, KEEP: 0}))
+    gc = DiskGC(models, grace_seconds=600, clock=clock)
+    result = await gc.collect({KEEP})
+    assert result.waiting == {ORPHAN: pytest.approx(600)}
+    assert set(json.loads((models / GC_STATE_NAME).read_text())) == {ORPHAN}
+
+
+async def test_unreadable_state_starts_the_timers_again(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    (models / ORPHAN).mkdir(parents=True)
+    (models / GC_STATE_NAME).write_text("{not json")
+    gc = DiskGC(models, grace_seconds=600, clock=FakeClock())
+    assert (await gc.collect(set())).waiting == {ORPHAN: pytest.approx(600)}
+    assert ORPHAN in json.loads((models / GC_STATE_NAME).read_text())
+
+
+async def test_a_tidy_disk_writes_no_state_file(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    (models / KEEP).mkdir(parents=True)
+    gc = DiskGC(models, grace_seconds=600, clock=FakeClock())
+    await gc.collect({KEEP})
+    assert not (models / GC_STATE_NAME).exists()
