@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import re
 import shutil
 from collections.abc import Iterable
@@ -109,7 +108,7 @@ class DiskGC:
         tmp = self.state_path.with_name(f"{GC_STATE_NAME}.tmp")
         try:
             tmp.write_text(json.dumps(self._first_seen_wall, sort_keys=True))
-            os.replace(tmp, self.state_path)
+            tmp.replace(self.state_path)
         except OSError as exc:  # the timers still run in memory; a restart only delays a deletion
             log.warning("disk gc: cannot save state %s: %s", self.state_path, exc)
             with contextlib.suppress(OSError):

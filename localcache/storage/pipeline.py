@@ -19,7 +19,7 @@ from localcache.storage.marker import Marker, now, read_marker, write_marker
 from localcache.storage.progress import Progress
 from localcache.storage.settings import Settings
 from localcache.storage.sources.base import Listing, RemoteFile, Source
-from localcache.storage.transfer import Transfer, os_error_to_download_error
+from localcache.storage.transfer import Transfer, adopt_existing, os_error_to_download_error
 from localcache.storage.uri import ModelUri, parse_uri
 
 log = logging.getLogger("localcache.storage")
@@ -137,6 +137,15 @@ async def download(
                 staging.discard()
                 staging.prepare()
                 _write_job(staging, uri, listing.revision)
+            adopted, adopted_bytes = adopt_existing(staging, settings, files)
+            if adopted:
+                log.info(
+                    "found files already at the destination, verifying them instead of fetching"
+                    " dest=%s files=%d bytes=%d",
+                    dest,
+                    adopted,
+                    adopted_bytes,
+                )
             _check_space(staging, files)
         except DownloadError:
             staging.discard()

@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import os
+import stat
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +33,7 @@ from tenacity import (
 )
 
 from localcache.storage.errors import DownloadError, FailureReason
-from localcache.storage.layout import Staging
+from localcache.storage.layout import Staging, UnsafePathError, ensure_inside
 from localcache.storage.marker import MarkerFile
 from localcache.storage.progress import Progress
 from localcache.storage.settings import MiB, Settings
@@ -102,6 +103,60 @@ def plan_ranges(size: int | None, range_size: int, ranged: bool) -> list[tuple[i
     return [(start, min(start + range_size, size)) for start in range(0, size, range_size)]
 
 
+def _new_job(staging: Staging, settings: Settings, remote: RemoteFile, rel: str) -> _FileJob:
+    """A file's job with nothing done yet; its state lives beside the staged file, under the state dir."""
+    key = hashlib.sha256(rel.encode()).hexdigest()[:32]
+    return _FileJob(
+        remote,
+        rel,
+        staging.file_path(rel),
+        staging.state_dir / f"{key}.json",
+        plan_ranges(remote.size, settings.range_size, remote.ranged),
+    )
+
+
+ADOPTABLE_DIGESTS = frozenset({"sha256", "md5", "gitsha1"})
+
+
+def adopt_existing(
+    staging: Staging, settings: Settings, files: list[tuple[RemoteFile, str]]
+) -> tuple[int, int]:
+    """Take files already at the destination as if an earlier attempt of ours had fetched them.
+
+    A folder without our marker (written by KServe's storage-initializer or by a copy) often holds
+    the very bytes the source lists. Each such file, a regular file of the listed size whose source
+    gives a cryptographic digest, is hard-linked into staging and recorded as fully transferred but
+    unverified; the transfer then hashes it instead of fetching it, and one that fails its digest is
+    fetched from scratch (the resume rule). The original is never modified: the link shares its
+    bytes until the publish replaces the folder. Returns (files, bytes) adopted.
+    """
+    dest = staging.dest
+    if dest.is_symlink() or not dest.is_dir():
+        return 0, 0
+    count = total = 0
+    for remote, rel in files:
+        if remote.size is None or not ADOPTABLE_DIGESTS & remote.expected.keys():
+            continue
+        job = _new_job(staging, settings, remote, rel)
+        if job.path.exists() or job.path.is_symlink() or job.state_path.exists():
+            continue  # our own earlier attempt: the resume state knows better
+        try:
+            found = ensure_inside(dest, rel)
+            st = found.lstat()
+            if not stat.S_ISREG(st.st_mode) or st.st_size != remote.size:
+                continue
+            if not os.access(found, os.R_OK | os.W_OK):
+                continue
+            os.link(found, job.path, follow_symlinks=False)
+        except (OSError, UnsafePathError):
+            continue
+        job.done = set(range(len(job.ranges)))
+        job.save()
+        count += 1
+        total += remote.size
+    return count, total
+
+
 class Transfer:
     def __init__(self, source: Source, staging: Staging, settings: Settings, progress: Progress) -> None:
         self.source = source
@@ -113,11 +168,8 @@ class Transfer:
     # ---- state ------------------------------------------------------------------------------------
 
     def _load(self, remote: RemoteFile, rel: str) -> _FileJob:
-        key = hashlib.sha256(rel.encode()).hexdigest()[:32]
-        state_path = self.staging.state_dir / f"{key}.json"
-        path = self.staging.file_path(rel)
-        ranges = plan_ranges(remote.size, self.settings.range_size, remote.ranged)
-        job = _FileJob(remote, rel, path, state_path, ranges)
+        job = _new_job(self.staging, self.settings, remote, rel)
+        path, state_path = job.path, job.state_path
         try:
             state = json.loads(state_path.read_text())
         except (OSError, ValueError):
@@ -137,13 +189,12 @@ class Transfer:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
         if remote.size is None or not remote.ranged:
-            # An unsized or unranged stream cannot be resumed in the middle.
+            # An unsized or unranged stream cannot be resumed in the middle (a finished one is kept:
+            # its digest check decides).
             job.partial.clear()
-            if job.verified is None:
-                job.done.clear()
         job.reused = sum(
-            ((end if end is not None else 0) - start)
-            for i, (start, end) in enumerate(ranges)
+            ((end if end is not None else job.final_size or 0) - start)
+            for i, (start, end) in enumerate(job.ranges)
             if i in job.done
         ) + sum(job.partial.values())
         if job.verified is not None:

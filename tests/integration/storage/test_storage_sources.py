@@ -177,6 +177,32 @@ async def test_real_client_snapshot_download_works_against_the_local_hub(
     assert set(lfs) == {"model.safetensors"}
 
 
+async def test_a_folder_kserve_wrote_is_verified_in_place_not_fetched_again(
+    hub: HfHubServer, small_model: Path, tmp_path: Path
+) -> None:
+    """KServe's storage-initializer writes `snapshot_download(local_dir=...)` and no marker of ours: after
+    a swap to localcache the download Job hashes those files against the Hub's digests instead of fetching
+    them again."""
+    from huggingface_hub import snapshot_download
+
+    dest = tmp_path / "models" / "0123456789abcdef"
+    await asyncio.to_thread(
+        snapshot_download, "acme/small", local_dir=str(dest), endpoint=hub.url, token=False
+    )
+    assert (dest / ".cache" / "huggingface").is_dir() and not (dest / MARKER_NAME).exists()
+    hub.bytes_sent.clear()
+    res = await run_download("hf://acme/small", dest, HF_ENDPOINT=hub.url)
+    assert res.code == 0, res.stderr
+    assert "verifying them instead of fetching" in res.stderr
+    assert sum(hub.bytes_sent.values()) == 0, hub.bytes_sent
+    marker = read_marker(dest, "hf://acme/small")
+    assert marker is not None and verify_folder(dest, marker) == []
+    assert sorted(marker.verified) == sorted(f.path for f in marker.files)
+    for shard in small_model.glob("*.safetensors"):
+        assert filecmp.cmp(shard, dest / shard.name, shallow=False)
+    assert not (dest / ".cache").exists()
+
+
 # ---- plain HTTP ----------------------------------------------------------------------------------
 
 

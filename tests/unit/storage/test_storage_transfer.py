@@ -250,3 +250,71 @@ async def test_unverifiable_files_still_get_a_sha256_in_the_marker(
     assert marker.verified == []
     assert all(f.digests["sha256"] == hashlib.sha256(files[f.path]).hexdigest() for f in marker.files)
     assert (tmp_path / "d" / MARKER_NAME).is_file()
+
+
+def kserve_folder(dest: Path, files: dict[str, bytes]) -> None:
+    """What another downloader leaves: the files, its own metadata, no marker of ours."""
+    for name, data in files.items():
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
+        (dest / name).write_bytes(data)
+    (dest / ".cache" / "huggingface").mkdir(parents=True)
+    (dest / ".cache" / "huggingface" / ".gitignore").write_bytes(b"*")
+
+
+@pytest.mark.parametrize("mount_point", [False, True], ids=["sibling", "in-place"])
+async def test_files_already_at_the_destination_are_verified_not_fetched(
+    tmp_path: Path, source: MemorySource, files, monkeypatch: pytest.MonkeyPatch, mount_point: bool
+) -> None:
+    dest = tmp_path / "dest"
+    kserve_folder(dest, files)
+    if mount_point:
+        monkeypatch.setattr("os.path.ismount", lambda p: str(p) == str(dest))
+    marker = await fetch(dest)
+    assert source.served == Counter(), "every file was in place with the listed size and digest"
+    assert sorted(f.path for f in marker.files) == sorted(files)
+    assert read_marker(dest, "hf://o/m") == marker
+    for name, data in files.items():
+        assert (dest / name).read_bytes() == data
+    assert not (dest / ".cache").exists()  # the folder is now exactly the model, as after a fetch
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dest"]
+
+
+async def test_a_damaged_or_resized_file_at_the_destination_is_fetched_again(
+    tmp_path: Path, source: MemorySource, files
+) -> None:
+    dest = tmp_path / "dest"
+    kserve_folder(dest, files)
+    damaged, resized = "model-00001.safetensors", "sub/dir/tokenizer.json"
+    with open(dest / damaged, "r+b") as fh:
+        fh.seek(2 * 1024 * 1024)
+        fh.write(b"\0\0\0\0")
+    (dest / resized).write_bytes(files[resized][:-1])
+    await fetch(dest)
+    assert source.served == Counter({damaged: len(files[damaged]), resized: len(files[resized])})
+    for name, data in files.items():
+        assert (dest / name).read_bytes() == data
+
+
+async def test_unverifiable_or_symlinked_files_are_never_adopted(
+    tmp_path: Path, files, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dest = tmp_path / "dest"
+    kserve_folder(dest, files)
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes(files["model-00002.safetensors"])
+    (dest / "model-00002.safetensors").unlink()
+    (dest / "model-00002.safetensors").symlink_to(outside)
+    src = MemorySource(files)
+    monkeypatch.setattr(download_mod, "make_source", lambda uri, s: src)
+    await fetch(dest)
+    assert src.served["model-00002.safetensors"] == len(files["model-00002.safetensors"])
+    assert not (dest / "model-00002.safetensors").is_symlink()
+    assert outside.read_bytes() == files["model-00002.safetensors"]
+    assert src.served["model-00001.safetensors"] == 0
+
+    unverified = MemorySource(files, verify=False)
+    monkeypatch.setattr(download_mod, "make_source", lambda uri, s: unverified)
+    other = tmp_path / "other"
+    kserve_folder(other, files)
+    await fetch(other)
+    assert unverified.served == Counter({n: len(d) for n, d in files.items() if d})
