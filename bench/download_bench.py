@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from localcache.testing.models import generate_model  # noqa: E402
-from localcache.testing.s3server import S3Server, _spawn, start_capped_proxy  # noqa: E402
+from localcache.testing.s3server import S3Server, spawn_server  # noqa: E402
 
 MiB = 1024 * 1024
 SHARD_MIB = int(os.environ.get("BENCH_SHARD_MIB", "1024"))
@@ -40,6 +40,9 @@ DATA = (
     Path(os.environ.get("BENCH_DIR", Path.home() / ".cache/localcache/bench")) / f"model-{SHARDS}x{SHARD_MIB}"
 )
 RESULTS = REPO / "bench/results/download.json"
+# Where the tools write: a disk-backed temporary directory by default; BENCH_DEST_DIR=/dev/shm measures
+# the transfer without this machine's disk (a virtio disk that sustains ~330 MB/s, below the tools).
+DEST_DIR = os.environ.get("BENCH_DEST_DIR") or None
 PY = sys.executable
 REPO_ID = "bench/model"
 BUCKET = "bench"
@@ -143,21 +146,27 @@ def main() -> int:
     procs: list[subprocess.Popen[str]] = []
     results: list[dict[str, Any]] = []
     notes: list[str] = []
-    work = Path(tempfile.mkdtemp(prefix="localcache-bench-"))
-    s3 = S3Server()
+    work = Path(tempfile.mkdtemp(prefix="localcache-bench-", dir=DEST_DIR))
+    s3 = S3Server(cap=CAP)
     try:
-        hub_proc, hub_url = _spawn(["-m", "localcache.testing.hfhub", "--repo", f"{REPO_ID}={DATA}"])
+        # The open and the capped hub are two processes serving the same files; the capped one has
+        # the kernel pace each connection (no proxy copying bytes on the clients' two cores).
+        hub = ["-m", "localcache.testing.hfhub", "--repo", f"{REPO_ID}={DATA}"]
+        hub_proc, (hub_url,) = spawn_server(hub)
         procs.append(hub_proc)
-        hub_capped = start_capped_proxy(hub_url, CAP, procs)
+        hub_capped_proc, (hub_capped,) = spawn_server([*hub, "--cap", str(CAP)])
+        procs.append(hub_capped_proc)
         endpoints = {"hf-open": hub_url, "hf-capped": hub_capped}
         if not ONLY or any(s.startswith("s3") for s in ONLY):
             s3.start()
             t_up = time.perf_counter()
             s3.create_bucket(BUCKET)
-            s3.upload_dir(BUCKET, "model/", DATA)
+            # Single-part uploads with sha256 checksums: every object, shards included, has a digest
+            # to verify against, as a model uploaded with `aws s3 cp --checksum-algorithm SHA256` has.
+            s3.upload_dir(BUCKET, "model/", DATA, sha256=True)
             print(f"uploaded to moto in {time.perf_counter() - t_up:.1f}s", flush=True)
             endpoints["s3-open"] = s3.direct_url
-            endpoints["s3-capped"] = start_capped_proxy(s3.direct_url, CAP, procs)
+            endpoints["s3-capped"] = s3.url
         base_env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "AWS_", "S3_"))}
         base_env.update({"LOCALCACHE_TERMINATION_LOG": "", "HF_HUB_DISABLE_TELEMETRY": "1"})
         for scenario, endpoint in endpoints.items():
@@ -181,6 +190,8 @@ def main() -> int:
                     for stale in work.glob(".dest*"):
                         shutil.rmtree(stale, ignore_errors=True)
                     cmd = [c if c != str(work / "dest") else str(dest) for c in cmd]
+                    # Every tool starts with no dirty pages queued (the upload's, the last tool's).
+                    os.sync()
                     wall, rss, code, tail = run_child(cmd, env)
                     got = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file() and not p.is_symlink())
                     ok = code == 0 and got >= total
@@ -234,6 +245,8 @@ def main() -> int:
             "shard_bytes": SHARD_MIB * MiB,
             "total_bytes": total,
             "cap_bytes_per_s_per_connection": CAP,
+            "cap_by": "kernel TCP pacing per connection (SO_MAX_PACING_RATE) in the hub and moto",
+            "dest_filesystem": filesystem_of(Path(DEST_DIR or tempfile.gettempdir())),
             "rounds": ROUNDS,
         },
         "results": results,
@@ -278,6 +291,25 @@ def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def filesystem_of(path: Path) -> str:
+    """The type of the filesystem `path` is on ("ext4", "tmpfs"), from the longest matching mount."""
+    best, kind = "", "unknown"
+    resolved = str(path.resolve())
+    try:
+        mounts = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return kind
+    for line in mounts:
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = fields[1]
+        inside = resolved == point or resolved.startswith(point.rstrip("/") + "/")
+        if inside and len(point) > len(best):
+            best, kind = point, fields[2]
+    return kind
+
+
 def machine() -> dict[str, Any]:
     cpu = ""
     try:
@@ -299,7 +331,7 @@ def machine() -> dict[str, Any]:
         "kernel": platform.release(),
         "python": platform.python_version(),
         "loadavg_at_end": os.getloadavg(),
-        "note": "2 shared cores; servers (hub, moto, capping proxy) run on the same machine",
+        "note": "2 shared cores; the servers (hub, moto) run on the same machine",
     }
 
 

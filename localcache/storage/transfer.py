@@ -38,7 +38,7 @@ from localcache.storage.marker import MarkerFile
 from localcache.storage.progress import Progress
 from localcache.storage.settings import MiB, Settings
 from localcache.storage.sources.base import RemoteFile, Source, TransientError
-from localcache.storage.verify import MultiHasher, mismatches
+from localcache.storage.verify import MultiHasher, mismatches, to_check
 
 log = logging.getLogger("localcache.storage.transfer")
 
@@ -388,7 +388,8 @@ class Transfer:
         retry_whole: list[_FileJob],
         allow_retry_whole: bool,
     ) -> None:
-        hasher = MultiHasher(job.remote.expected, job.remote.size)
+        expected = to_check(job.remote.expected)
+        hasher = MultiHasher(expected, job.remote.size)
         # One reused buffer per file being hashed: no allocation per block, RSS stays flat.
         block = bytearray(min(HASH_BLOCK, max(job.remote.size or HASH_BLOCK, 1)))
         offset = 0
@@ -409,7 +410,7 @@ class Transfer:
                 f"file {job.rel}: got {size} bytes, source says {job.remote.size}",
             )
         digests = hasher.hexdigests()
-        bad = mismatches(job.remote.expected, digests)
+        bad = mismatches(expected, digests)
         if bad:
             if job.reused and allow_retry_whole:
                 retry_whole.append(job)
@@ -421,7 +422,7 @@ class Transfer:
             algo = bad[0]
             raise DownloadError(
                 FailureReason.CHECKSUM_MISMATCH,
-                f"file {job.rel}: {algo} is {digests[algo]}, source says {job.remote.expected[algo]}",
+                f"file {job.rel}: {algo} is {digests[algo]}, source says {expected[algo]}",
             )
         if self.settings.fsync:
             await asyncio.to_thread(os.fsync, job.fd)

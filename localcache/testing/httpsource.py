@@ -1,11 +1,14 @@
 """A plain HTTP model source for tests, the demo and benchmarks: a directory served with `Range`,
 an optional per-connection rate cap, and fault switches (truncate, stall, status, corrupt) that the
-resume and verification tests flip. Also `CappedProxy`, a TCP proxy capping every connection, used
-to put any server (moto, the hub) behind a "CDN that caps one stream".
+resume and verification tests flip.
+
+The cap is what a CDN or a far-away object store does to one stream. It is set in the kernel
+(`SO_MAX_PACING_RATE`: TCP paces the connection, and the file still goes out by `sendfile`), so capping
+costs the server no CPU; a benchmark on a small machine must not have its clients starved by the rig
+that caps them. Where the kernel refuses, responses are paced in user space.
 
 Start in-process (`async with HttpFileServer(root) as srv`), from sync code (`with srv.running():`),
-or as a CLI: `python -m localcache.testing.httpsource serve --root DIR --port 0 [--cap BPS]`, and
-`python -m localcache.testing.httpsource proxy --upstream HOST:PORT --port 0 --cap BPS`.
+or as a CLI: `python -m localcache.testing.httpsource serve --root DIR --port 0 [--cap BPS]`.
 """
 
 from __future__ import annotations
@@ -50,8 +53,22 @@ class Fault:
     times: int | None = None
 
 
+SO_MAX_PACING_RATE = getattr(socket, "SO_MAX_PACING_RATE", 47)  # Linux; 47 on every architecture
+
+
+def pace_connection(sock: Any, rate: float) -> bool:
+    """Cap the bytes/s TCP sends on `sock` (a socket or asyncio's TransportSocket); False if refused."""
+    if sys.platform != "linux" or sock is None:
+        return False
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_MAX_PACING_RATE, max(1, min(int(rate), 2**32 - 1)))
+    except OSError:
+        return False
+    return True
+
+
 class Throttle:
-    """Per-response pacing at `rate` bytes/s (None: no cap)."""
+    """Per-response pacing at `rate` bytes/s (None: no cap), where the kernel cannot pace."""
 
     def __init__(self, rate: float | None) -> None:
         self.rate = rate
@@ -186,6 +203,10 @@ async def send_file(
         return web.Response(status=status, headers=out_headers)
     if fault is not None and fault.kind == "status":
         return web.Response(status=fault.status, text="injected failure")
+    transport = request.transport
+    if rate is not None and fault is None and transport is not None:
+        # From now on the kernel paces this connection: no pacing here, and the file goes by sendfile.
+        rate = None if pace_connection(transport.get_extra_info("socket"), rate) else rate
     if rate is None and fault is None:
         if on_bytes is not None:
             on_bytes(end - start)
@@ -295,64 +316,6 @@ class HttpFileServer(_ServerBase):
         return await send_file(request, path, headers=headers, rate=self.rate, fault=fault, on_bytes=count)
 
 
-class CappedProxy:
-    """A TCP proxy that paces every connection's downstream bytes at `rate` bytes/s."""
-
-    host = "127.0.0.1"
-
-    def __init__(self, upstream: tuple[str, int], rate: float, *, port: int = 0) -> None:
-        self.upstream = upstream
-        self.rate = rate
-        self.port = port
-        self._server: asyncio.AbstractServer | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, self.host, self.port, limit=SEND_BLOCK)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 5)
-            self._server = None
-
-    async def __aenter__(self) -> CappedProxy:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection(*self.upstream, limit=SEND_BLOCK)
-        except OSError:
-            writer.close()
-            return
-
-        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, rate: float | None) -> None:
-            throttle = Throttle(rate)
-            try:
-                # 256 KiB per wake-up: at 50 MB/s that is ~200 wake-ups/s per connection, so the
-                # proxy's own CPU does not become the cap on a small machine.
-                while data := await src.read(SEND_BLOCK):
-                    dst.write(data)
-                    await dst.drain()
-                    await throttle.pace(len(data))
-            except (ConnectionError, OSError):
-                pass
-            finally:
-                with contextlib.suppress(Exception):
-                    dst.close()
-
-        await asyncio.gather(pump(reader, up_writer, None), pump(up_reader, writer, self.rate))
-
-
 async def _serve_forever(server: Any) -> None:
     await server.start()
     print(f"READY {server.url}", flush=True)
@@ -366,16 +329,8 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--root", required=True)
     serve.add_argument("--port", type=int, default=0)
     serve.add_argument("--cap", type=float, default=None, help="bytes/s per connection")
-    proxy = sub.add_parser("proxy", help="rate-capping TCP proxy")
-    proxy.add_argument("--upstream", required=True, help="host:port")
-    proxy.add_argument("--port", type=int, default=0)
-    proxy.add_argument("--cap", type=float, required=True, help="bytes/s per connection")
     args = parser.parse_args(argv)
-    if args.cmd == "serve":
-        server: Any = HttpFileServer(args.root, port=args.port, rate=args.cap)
-    else:
-        host, _, port = args.upstream.rpartition(":")
-        server = CappedProxy((host, int(port)), args.cap, port=args.port)
+    server = HttpFileServer(args.root, port=args.port, rate=args.cap)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve_forever(server))
 

@@ -3,15 +3,16 @@
 moto answers a ranged GET by reading the whole object into memory and slicing it, which makes
 multi-GB objects unusable (every 8 MiB part of a 1 GiB object would read 1 GiB). The server process
 patches that one path so GETs stream the object from moto's buffer, ranged or not; everything else
-is stock moto. A capped endpoint (every connection paced at `cap` bytes/s) is a `CappedProxy`
-subprocess in front of it.
+is stock moto. With `cap`, the same process listens on a second port whose every connection the
+kernel paces at `cap` bytes/s (`SO_MAX_PACING_RATE`, see httpsource): `url` is that capped endpoint,
+`direct_url` the open one, both serving the same buckets.
 
     with S3Server() as s3:                      # or: async with S3Server() as s3
         s3.create_bucket("models")
         s3.upload_dir("models", "llama/", some_dir)
         env = s3.env()                          # AWS_ENDPOINT_URL, keys, region for the downloader
 
-`python -m localcache.testing.s3server --port P` runs the patched server standalone.
+`python -m localcache.testing.s3server --port P [--cap BPS]` runs the patched server standalone.
 """
 
 from __future__ import annotations
@@ -102,22 +103,54 @@ def _patch_moto() -> None:
     responses.S3Response.get_object = get_object  # type: ignore[method-assign]
 
 
-def serve(port: int, host: str = "127.0.0.1") -> None:
+def _pace_accepted_connections() -> None:
+    """Servers given a `pacing_rate` attribute cap every connection they accept (moto's backends are
+    process-wide, so a second, capped listener serves the same buckets)."""
+    import socket
+
+    from werkzeug.serving import BaseWSGIServer
+
+    from localcache.testing.httpsource import pace_connection
+
+    with socket.socket() as probe:
+        if not pace_connection(probe, 1e6):
+            raise SystemExit("the kernel refuses SO_MAX_PACING_RATE: cannot cap connections")
+    accept = BaseWSGIServer.get_request
+
+    def get_request(self: Any) -> Any:
+        conn, addr = accept(self)
+        rate = getattr(self, "pacing_rate", None)
+        if rate is not None:
+            pace_connection(conn, rate)
+        return conn, addr
+
+    BaseWSGIServer.get_request = get_request  # type: ignore[method-assign]
+
+
+def serve(port: int, host: str = "127.0.0.1", cap: float | None = None) -> None:
     _patch_moto()
     from moto.moto_server.threaded_moto_server import ThreadedMotoServer
 
-    server = ThreadedMotoServer(ip_address=host, port=port, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    print(f"READY http://{host}:{port}", flush=True)
+    servers = [ThreadedMotoServer(ip_address=host, port=port, verbose=False)]
+    if cap:
+        _pace_accepted_connections()
+        servers.append(ThreadedMotoServer(ip_address=host, port=0, verbose=False))
+    for server in servers:
+        server.start()
+    if cap:
+        servers[1]._server.pacing_rate = cap  # type: ignore[union-attr]
+    urls = ["http://{}:{}".format(*server.get_host_and_port()) for server in servers]
+    print("READY", *urls, flush=True)
     try:
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
-        server.stop()
+        for server in servers:
+            server.stop()
 
 
-def _spawn(args: list[str]) -> tuple[subprocess.Popen[str], str]:
+def spawn_server(args: list[str]) -> tuple[subprocess.Popen[str], list[str]]:
+    """Start `python <args>` and wait for its `READY <url>...` line; the process and its URLs."""
     proc = subprocess.Popen(
         [sys.executable, *args],
         stdout=subprocess.PIPE,
@@ -130,7 +163,7 @@ def _spawn(args: list[str]) -> tuple[subprocess.Popen[str], str]:
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
         if line.startswith("READY "):
-            return proc, line.split()[1]
+            return proc, line.split()[1:]
         if not line and proc.poll() is not None:
             break
     proc.kill()
@@ -162,11 +195,10 @@ class S3Server:
         from localcache.testing.httpsource import free_port
 
         port = self.port or free_port()
-        proc, self.direct_url = _spawn(["-m", "localcache.testing.s3server", "--port", str(port)])
+        args = ["-m", "localcache.testing.s3server", "--port", str(port)]
+        proc, urls = spawn_server([*args, "--cap", str(self.cap)] if self.cap else args)
         self._procs.append(proc)
-        self.url = self.direct_url
-        if self.cap:
-            self.url = start_capped_proxy(self.direct_url, self.cap, self._procs)
+        self.direct_url, self.url = urls[0], urls[-1]
         if self.bucket:
             self.create_bucket(self.bucket)
             for prefix, directory in self.uploads.items():
@@ -250,26 +282,17 @@ class S3Server:
         }
 
 
-def start_capped_proxy(upstream_url: str, cap: float, procs: list[subprocess.Popen[str]]) -> str:
-    """A CappedProxy subprocess in front of `upstream_url`; returns its URL."""
-    hostport = upstream_url.split("://", 1)[1]
-    proc, url = _spawn(
-        ["-m", "localcache.testing.httpsource", "proxy", "--upstream", hostport, "--cap", str(cap)]
-    )
-    procs.append(proc)
-    return url
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m localcache.testing.s3server")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--cap", type=float, default=None, help="add a port capped at BPS a connection")
     args = parser.parse_args(argv)
     port = args.port
     if port == 0:
         from localcache.testing.httpsource import free_port
 
         port = free_port()
-    serve(port)
+    serve(port, cap=args.cap)
 
 
 if __name__ == "__main__":

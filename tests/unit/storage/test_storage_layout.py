@@ -12,7 +12,7 @@ from localcache.storage import MARKER_NAME, MarkerCache, read_marker, verify_fol
 from localcache.storage import marker as marker_module
 from localcache.storage.layout import Staging, UnsafePathError, safe_relpath
 from localcache.storage.marker import Marker, MarkerFile, now, write_marker
-from localcache.storage.verify import MultiHasher, mismatches
+from localcache.storage.verify import MultiHasher, mismatches, to_check
 
 
 @pytest.mark.parametrize(
@@ -40,6 +40,15 @@ def test_digests_match_reference_values() -> None:
     assert d["crc32"] == "363a3020"
     assert mismatches({"md5": d["md5"].upper()}, d) == []
     assert mismatches({"md5": "0" * 32}, d) == ["md5"]
+
+
+def test_only_the_strongest_digest_a_source_gives_is_checked() -> None:
+    # S3's sha256 checksum beside its MD5 ETag: the MD5 would only double the hashing
+    assert to_check({"md5": "m", "sha256": "s", "crc32": "c"}) == {"sha256": "s"}
+    assert to_check({"crc32": "c", "md5": "m"}) == {"md5": "m"}
+    assert to_check({"gitsha1": "g", "crc32c": "c"}) == {"gitsha1": "g"}
+    assert to_check({"crc32c": "c", "crc32": "d"}) == {"crc32c": "c"}
+    assert to_check({}) == {}
 
 
 def _marker(uri: str, files: dict[str, bytes]) -> Marker:
