@@ -77,6 +77,10 @@ class _FileJob:
     verified: dict[str, str] | None = None
     final_size: int | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
+    write_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    """One pwritev at a time per file: the kernel takes the inode lock for each write anyway, and
+    writers queued on it spin (perf: 7 % of the download's CPU in rwsem_spin_on_owner); waiting here
+    costs nothing and keeps worker threads free for other files and for hashing."""
 
     def state(self) -> dict[str, Any]:
         return {
@@ -373,7 +377,8 @@ class Transfer:
     async def _write(self, job: _FileJob, chunks: list[bytes], state: dict[str, int]) -> None:
         offset = state["pos"]
         try:
-            n = await asyncio.to_thread(_pwrite_all, job.fd, chunks, offset)
+            async with job.write_lock:
+                n = await asyncio.to_thread(_pwrite_all, job.fd, chunks, offset)
         except OSError as exc:
             raise os_error_to_download_error(exc, f"file {job.rel}") from None
         state["pos"] = offset + n
