@@ -6,7 +6,8 @@
   ``chown 1000:1000`` fixes it;
 - ``Init:OOMKilled`` → a download process over its limit is killed, and raising the limit in the
   ClusterStorageContainer fixes it; within a sane limit a download's memory stays bounded;
-- a failed download (missing file, or a source answering 5xx) recovers by itself once the source is fixed.
+- a failed download (missing file, or a source answering 5xx) recovers by itself once the source is fixed;
+- after a swap from KServe, the models it left on the disks are verified in place, not downloaded again.
 
 These need the local system (node disks, process memory, sources we can break): on an existing cluster
 they are skipped with that reason.
@@ -297,3 +298,29 @@ async def test_source_5xx_download_recovers_once_the_source_is_healthy(e2e: E2E,
         system.http.faults.pop("flaky/model.bin", None)
     await e2e.wait_copies(LOCAL_MODEL_CACHES, "ts-flaky", within=120)
     await _cleanup_cache(e2e, "ts-flaky")
+
+
+async def test_models_kserve_left_on_the_disks_are_verified_not_downloaded_again(
+    e2e: E2E, system: LocalSystem
+) -> None:
+    # A swap from KServe: every node already holds the model in its storage-key folder, as KServe's
+    # storage-initializer wrote it (the file, owned by 1000:1000, and no completion marker of ours).
+    uri = _serve(system, "kserve/model.bin", 3 * MiB)
+    data = (system.http_root / "kserve" / "model.bin").read_bytes()
+    for node in e2e.group_nodes:
+        folder = system.models_dir(node) / storage_key(uri)
+        folder.mkdir(parents=True)
+        (folder / "model.bin").write_bytes(data)
+        if os.geteuid() == 0:
+            for path in (system.models_dir(node), folder, folder / "model.bin"):
+                os.chown(path, 1000, 1000)
+    system.http.bytes_sent.clear()
+    await e2e.apply([_cache("ts-kserve", uri, NODE_GROUP)])
+    await e2e.wait_copies(LOCAL_MODEL_CACHES, "ts-kserve", within=120)
+    for node in e2e.group_nodes:
+        assert len(await e2e.jobs("ts-kserve", node)) == 1, "one Job per node checks the folder"
+        folder = system.models_dir(node) / storage_key(uri)
+        assert (folder / ".localcache-complete.json").is_file()
+        assert (folder / "model.bin").read_bytes() == data
+    assert system.http.bytes_sent["kserve/model.bin"] == 0, "no byte of the model was fetched again"
+    await _cleanup_cache(e2e, "ts-kserve")
