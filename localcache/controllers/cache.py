@@ -192,6 +192,14 @@ class CacheScope:
             return None
         return Request(namespace, name)
 
+    def request_for_key(self, key: str) -> Request | None:
+        """The request of a LocalModelNode status key (``name`` or ``namespace/name``) in this scope."""
+        namespace, name = parse_status_key(key)
+        return self.request_for(name, namespace)
+
+    def owns_key(self, key: str) -> bool:
+        return bool(parse_status_key(key)[0]) == self.namespaced
+
 
 CLUSTER = CacheScope(LOCAL_MODEL_CACHES, FINALIZER_LOCAL_MODEL_CACHE, False)
 NAMESPACE = CacheScope(LOCAL_MODEL_NAMESPACE_CACHES, FINALIZER_LOCAL_MODEL_NAMESPACE_CACHE, True)
@@ -774,6 +782,16 @@ class EntryWriter:
         self._pacers: dict[str, LatencyPacer] = {}
         self._written: dict[str, Obj] = {}  # node -> what our last write to it returned
         self._entry_maps: dict[str, tuple[str, dict[tuple[str, str], list[Obj]]]] = {}
+        self._callers: dict[str, int] = {}  # node -> set() calls running: its lock is not ours to drop
+
+    def forget(self, node: str) -> None:
+        """The node's LocalModelNode is gone: drop what we keep for it (the entry index alone holds
+        its last thousand entries alive). The lock and the pacer stay while a call still uses them."""
+        self._entry_maps.pop(node, None)
+        self._written.pop(node, None)
+        if not self._callers.get(node):
+            self._locks.pop(node, None)
+            self._pacers.pop(node, None)
 
     def _unchanged(self, node: str, identity: tuple[str, str], want: Obj | None) -> bool:
         """Whether the entry already is ``want`` and no write of ours for it is queued or in flight.
@@ -809,6 +827,16 @@ class EntryWriter:
             return None
         fut: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
         self._pending.setdefault(node, []).append(_Pending(identity, want, fut, fresh))
+        self._callers[node] = self._callers.get(node, 0) + 1
+        try:
+            return await self._set(node, fut)
+        finally:
+            if self._callers[node] == 1:
+                del self._callers[node]
+            else:
+                self._callers[node] -= 1
+
+    async def _set(self, node: str, fut: asyncio.Future[str | None]) -> str | None:
         lock = self._locks.setdefault(node, asyncio.Lock())
         pacer = self._pacers.get(node)
         if pacer is None:
@@ -1329,13 +1357,7 @@ class CacheReconciler:
 
     # ---- watch mapping ---------------------------------------------------------------------------
     def _requests(self, keys: Iterable[str]) -> list[Request]:
-        out = []
-        for k in keys:
-            ns, name = parse_status_key(k)
-            r = self.scope.request_for(name, ns)
-            if r is not None:
-                out.append(r)
-        return sorted(set(out))
+        return sorted({r for k in keys if (r := self.scope.request_for_key(k)) is not None})
 
     def caches_in_groups(self, group_names: Iterable[str]) -> list[Request]:
         keys: set[str] = set()
@@ -1411,18 +1433,23 @@ class LocalModelNodeMapper:
         self._last: dict[str, dict[str, bytes]] = {}
 
     def signatures(self, lmn: Obj) -> dict[str, bytes]:
-        namespaced = self.reconciler.scope.namespaced
+        scope = self.reconciler.scope
         status = lmn.get("status") or {}
         model_status = status.get("modelStatus") or {}
         details = status.get("modelStatusDetails") or {}
         entries = {_entry_key(e): e for e in (lmn.get("spec") or {}).get("localModels") or []}
-        keys = {k for k in (*entries, *model_status) if ("/" in k) == namespaced}
+        keys = {k for k in (*entries, *model_status) if scope.owns_key(k)}
         return {k: _digest([entries.get(k), model_status.get(k), details.get(k)]) for k in keys}
 
     def __call__(self, lmn: Obj) -> list[Request]:
         name = _name(lmn)
         now = self.signatures(lmn)
-        before = self._last.get(name, {})
+        before = self._last.pop(name, {})
+        if self.reconciler.cache.get_shared(LOCAL_MODEL_NODES, name) is None:
+            # Deleted (the informer's store is updated before its handlers run): every cache that had
+            # an entry there is affected, and nothing about the node is worth keeping.
+            self.reconciler.writer.forget(name)
+            return self.reconciler._requests(set(now) | set(before))
         self._last[name] = now
         changed = {k for k in set(now) | set(before) if now.get(k) != before.get(k)}
         return self.reconciler._requests(changed)

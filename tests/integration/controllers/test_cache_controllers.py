@@ -212,6 +212,36 @@ async def test_deletion_finishes_after_the_group_was_deleted(env: CacheEnv) -> N
     assert pv is None or pv["metadata"].get("deletionTimestamp")
 
 
+async def test_a_local_model_node_deleted_by_hand_comes_back_with_its_entries(env: CacheEnv) -> None:
+    """Deleting a LocalModelNode (the Node stays) wakes every cache it held at once, not at the next
+    resync ten minutes later: the manager recreates it with both scopes' entries."""
+    await env.start()
+    a1 = await env.make_node("a1", "a")
+    ga = await env.make_group("ga", "a")
+    cluster_name = env.n("c")
+    await env.make_cache(cluster_name, [ga])
+    await env.make_cache("m", [ga], namespace=env.ns)
+    wanted = {cluster_name, f"{env.ns}/m"}
+
+    async def placed() -> bool:
+        return set(await env.entries(a1)) == wanted
+
+    await eventually(placed, 20, what="both caches placed")
+    for key in wanted:  # downloaded: nothing is pending, so no reconcile is scheduled for later
+        await env.report(a1, key, "ModelDownloaded")
+    for name, ns in ((cluster_name, None), ("m", env.ns)):
+        await eventually(lambda name=name, ns=ns: _copies(env, name, ns, 1), 20, what=f"{name} downloaded")
+    before = await env.get(LMN, a1)
+    assert before is not None
+    await env.admin.delete(LMN, a1)
+
+    async def recreated() -> bool:
+        lmn = await env.get(LMN, a1)
+        return lmn is not None and lmn["metadata"]["uid"] != before["metadata"]["uid"] and await placed()
+
+    await eventually(recreated, 20, what="the LocalModelNode recreated with both entries")
+
+
 async def _gone(env: CacheEnv, res: Any, name: str, ns: str | None = None) -> bool:
     return await env.get(res, name, ns) is None
 

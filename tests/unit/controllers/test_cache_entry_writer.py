@@ -307,3 +307,50 @@ async def test_fresh_removal_does_not_trust_a_stale_informer() -> None:
     assert await writer.set("n1", ("late", ""), None) is None  # the informer's view: nothing to do
     assert await writer.set("n1", ("late", ""), None, fresh=True) == "removed"
     assert models(api) == [("a", "")]
+
+
+async def test_forget_drops_a_gone_node_but_not_a_lock_in_use() -> None:
+    api, cache = FakeApi(), FakeCache()
+    writer = EntryWriter(api, cache)
+    await writer.set("n1", ("a", ""), entry("a"))
+    cache.lmns["n1"] = copy.deepcopy(api.objects["n1"])
+    assert await writer.set("n1", ("a", ""), entry("a")) is None  # builds the entry index
+    assert "n1" in writer._entry_maps and "n1" in writer._locks and "n1" in writer._pacers
+    writer.forget("n1")
+    assert not any("n1" in m for m in (writer._entry_maps, writer._locks, writer._pacers, writer._written))
+
+    api.gate = asyncio.Event()
+    in_flight = asyncio.create_task(writer.set("n1", ("b", ""), entry("b")))
+    await until(lambda: api.writes.count("patch") == 1)
+    lock = writer._locks["n1"]
+    writer.forget("n1")
+    assert writer._locks.get("n1") is lock, "a write holds it: a second lock would let two writers in"
+    api.gate.set()
+    assert await in_flight == "added"
+    assert writer._callers == {}
+    writer.forget("n1")
+    assert "n1" not in writer._locks
+
+
+async def test_a_deleted_local_model_node_wakes_every_cache_it_held_and_is_forgotten() -> None:
+    from types import SimpleNamespace
+
+    from localcache.controllers.cache import CLUSTER, LocalModelNodeMapper
+
+    cache = FakeCache()
+    writer = EntryWriter(FakeApi(), cache)
+    reconciler = SimpleNamespace(scope=CLUSTER, cache=cache, writer=writer)
+    reconciler._requests = lambda keys: sorted(r for k in keys if (r := CLUSTER.request_for_key(k)))
+    mapper = LocalModelNodeMapper(reconciler)  # type: ignore[arg-type]
+    lmn = {
+        "metadata": {"name": "n1", "resourceVersion": "5"},
+        "spec": {"localModels": [entry("a"), entry("b"), entry("c", "team")]},
+        "status": {"modelStatus": {"a": "ModelDownloaded"}},
+    }
+    cache.lmns["n1"] = lmn
+    assert [r.name for r in mapper(lmn)] == ["a", "b"]  # first sight: both cluster caches
+    assert mapper(lmn) == [], "nothing changed"
+    writer._entry_maps["n1"] = ("5", {})
+    del cache.lmns["n1"]  # the informer's store drops it before the handlers run
+    assert [r.name for r in mapper(lmn)] == ["a", "b"], "an unchanged final state still wakes them"
+    assert "n1" not in mapper._last and "n1" not in writer._entry_maps
