@@ -1028,8 +1028,8 @@ class CacheReconciler:
         self._now = now or (lambda: datetime.now(UTC))
         self._rng = random.Random()
         self._plans: dict[str, _GroupPlan] = {}
-        # cache identity -> (resourceVersion, status as JSON) of our last status write; the status
-        # alone and encoded: decoded whole objects were 80 KiB a cache at 50 nodes
+        # cache identity -> (resourceVersion, status as JSON) of our last write of the cache (status,
+        # or the finalizer); the status alone and encoded: decoded objects were 80 KiB a cache at 50 nodes
         self._status_written: dict[str, tuple[str, bytes]] = {}
         declare_informers(cache, track_consumers)
 
@@ -1106,7 +1106,8 @@ class CacheReconciler:
             return None
         config = self.config.current()
         job_ns = config.local_model.job_namespace
-        if self.scope.finalizer not in (_meta(obj).get("finalizers") or []):
+        if self.scope.finalizer not in (_meta(obj).get("finalizers") or []) and self._newest(obj) is obj:
+            # (a newer write of ours than the informer's copy was made with the finalizer in place)
             obj = await self._add_finalizer(obj)
 
         groups: dict[str, Obj | None] = {
@@ -1142,6 +1143,7 @@ class CacheReconciler:
             if self.scope.finalizer in (_meta(fresh).get("finalizers") or []) and not _deleting(fresh):
                 return fresh  # someone (a previous leader) added it meanwhile
             raise
+        self._remember_write(updated)  # the next reconcile may come before the informer has it
         log.info("finalizer added", extra=self._extra(obj))
         return updated
 
@@ -1258,6 +1260,13 @@ class CacheReconciler:
             log.info("%s deleted", res.kind, extra=extra)
 
     # ---- status ----------------------------------------------------------------------------------
+    def _remember_write(self, written: Obj) -> None:
+        version = _meta(written).get("resourceVersion") or ""
+        self._status_written[cache_identity(written)] = (
+            version,
+            jsoncodec.dumps_exact(written.get("status") or {}),
+        )
+
     def _newest(self, obj: Obj) -> Obj:
         """``obj``, or what our last status write of it returned while the informer shows an older
         version: a cache reconciled again right after its status write would otherwise PUT with a
@@ -1301,8 +1310,7 @@ class CacheReconciler:
                 if _deleting(obj):
                     return
                 continue
-            version = _meta(written).get("resourceVersion") or ""
-            self._status_written[key] = (version, jsoncodec.dumps_exact(written.get("status") or {}))
+            self._remember_write(written)
             copies = new.get("copies") or {}
             log.info("status updated", extra={**self._extra(obj), "available": str(copies.get("available")),
                                                "total": str(copies.get("total"))})  # fmt: skip

@@ -400,6 +400,12 @@ async def test_fifty_caches_at_once_lose_no_entry_and_go_quiet(env: CacheEnv) ->
     await env.idle()
     converge_writes = env.client.total_writes()
     converge_reconciles = sum(c.reconciles for c in env.controllers)
+    own = {
+        k: n
+        for k, n in env.client.conflicts.items()
+        if "/localmodelcaches/" in k[1] or "namespacecaches/" in k[1]
+    }
+    assert own == {}, f"a cache conflicted with our own earlier write of it (stale informer): {own}"
 
     # converged: reconciling every cache and group again writes nothing
     forced = await env.reconcile_everything()
