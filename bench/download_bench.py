@@ -40,7 +40,7 @@ ONLY = {s for s in os.environ.get("BENCH_SCENARIOS", "").split(",") if s}
 DATA = (
     Path(os.environ.get("BENCH_DIR", Path.home() / ".cache/localcache/bench")) / f"model-{SHARDS}x{SHARD_MIB}"
 )
-RESULTS = REPO / "bench/results/download.json"
+RESULTS = Path(os.environ.get("BENCH_OUT") or REPO / "bench/results/download.json")
 # Where the tools write: a disk-backed temporary directory by default; BENCH_DEST_DIR=/dev/shm measures
 # the transfer without this machine's disk (a virtio disk that sustains ~330 MB/s, below the tools).
 DEST_DIR = os.environ.get("BENCH_DEST_DIR") or None

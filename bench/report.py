@@ -97,6 +97,9 @@ def describe(doc: Mapping[str, Any]) -> list[str]:
     out = [f"Machine: {', '.join(bits) or 'not recorded'}."]
     if versions:
         out.append("Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".")
+    params = doc.get("params") or {}
+    if params:
+        out.append("Parameters: " + ", ".join(f"{k} {fmt(v)}" for k, v in params.items()) + ".")
     if doc.get("written_at"):
         out.append(f"Written {doc['written_at']}.")
     return [" ".join(out), ""]

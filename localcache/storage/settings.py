@@ -76,7 +76,10 @@ class Settings:
     gcs_credentials: dict[str, Any] | str | None = None
     gcs_endpoint: str | None = None
     http_headers: dict[str, str] = field(default_factory=dict)
-    connections: int = 16
+    # 32: where a CDN or a far object store caps each stream, throughput is connections x cap; against
+    # boto3's 10 connections that is 0.31x the time in theory, 0.43x measured at a 10 MB/s cap (16 gave
+    # 0.69x). The number of requests does not change (bytes / range_size); memory: see WRITE_BLOCK.
+    connections: int = 32
     range_size: int = 32 * MiB
     stall_timeout: float = 30.0
     retries: int = 5

@@ -42,7 +42,9 @@ from localcache.storage.verify import MultiHasher, mismatches, to_check
 
 log = logging.getLogger("localcache.storage.transfer")
 
-WRITE_BLOCK = 1 * MiB
+# Bytes gathered per connection before one pwritev. Half a MiB: at 32 connections 1 MiB took the peak
+# RSS of a 4 GiB S3 download from ~135 to ~155 MiB for no measurable speed.
+WRITE_BLOCK = MiB // 2
 HASH_BLOCK = 4 * MiB
 
 
