@@ -199,10 +199,14 @@ class S3Server:
         proc, urls = spawn_server([*args, "--cap", str(self.cap)] if self.cap else args)
         self._procs.append(proc)
         self.direct_url, self.url = urls[0], urls[-1]
-        if self.bucket:
-            self.create_bucket(self.bucket)
-            for prefix, directory in self.uploads.items():
-                self.upload_dir(self.bucket, prefix, directory, sha256=self.sha256)
+        try:
+            if self.bucket:
+                self.create_bucket(self.bucket)
+                for prefix, directory in self.uploads.items():
+                    self.upload_dir(self.bucket, prefix, directory, sha256=self.sha256)
+        except BaseException:
+            self.stop()  # a context manager whose start failed is never exited: do not leave moto running
+            raise
 
     def stop(self) -> None:
         for proc in reversed(self._procs):

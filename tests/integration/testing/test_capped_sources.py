@@ -1,4 +1,5 @@
-"""The benchmark's capped sources really cap every connection, and capping leaves the bytes alone.
+"""The benchmark's capped sources really cap every connection, and capping leaves the bytes alone; a
+source that fails to start leaves no server process behind.
 
 Only lower bounds on time are asserted: a cap can make a transfer slower than the machine, never
 faster than the cap, so these cannot fail on a busy machine.
@@ -10,6 +11,7 @@ import asyncio
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -57,3 +59,22 @@ async def test_s3_server_serves_one_bucket_on_a_capped_and_an_open_port(tmp_path
         assert body == data
         if capped:
             assert took >= 0.75 * SIZE / CAP, took
+
+
+def test_a_failed_s3_start_leaves_no_server_running(monkeypatch: pytest.MonkeyPatch) -> None:
+    from botocore.exceptions import ClientError
+
+    from localcache.testing import s3server
+
+    spawned = []
+    real = s3server.spawn_server
+
+    def spy(args: list[str]) -> Any:
+        proc, urls = real(args)
+        spawned.append(proc)
+        return proc, urls
+
+    monkeypatch.setattr(s3server, "spawn_server", spy)
+    with pytest.raises(ClientError, match="InvalidBucketName"):
+        S3Server(bucket="b").start()  # too short for S3: create_bucket fails after moto started
+    assert spawned and all(proc.poll() is not None for proc in spawned)
