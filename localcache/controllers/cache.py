@@ -186,11 +186,12 @@ class CacheScope:
     def kind(self) -> str:
         return self.resource.kind
 
+    def _holds(self, namespace: str) -> bool:
+        return bool(namespace) == self.namespaced
+
     def request_for(self, name: str, namespace: str) -> Request | None:
         """The request of a cache identity in this scope, or None if it belongs to the other scope."""
-        if bool(namespace) != self.namespaced:
-            return None
-        return Request(namespace, name)
+        return Request(namespace, name) if self._holds(namespace) else None
 
     def request_for_key(self, key: str) -> Request | None:
         """The request of a LocalModelNode status key (``name`` or ``namespace/name``) in this scope."""
@@ -198,7 +199,7 @@ class CacheScope:
         return self.request_for(name, namespace)
 
     def owns_key(self, key: str) -> bool:
-        return bool(parse_status_key(key)[0]) == self.namespaced
+        return self._holds(parse_status_key(key)[0])
 
 
 CLUSTER = CacheScope(LOCAL_MODEL_CACHES, FINALIZER_LOCAL_MODEL_CACHE, False)
@@ -1268,8 +1269,8 @@ class CacheReconciler:
         )
 
     def _newest(self, obj: Obj) -> Obj:
-        """``obj``, or what our last status write of it returned while the informer shows an older
-        version: a cache reconciled again right after its status write would otherwise PUT with a
+        """``obj``, or what our last write of it (status or finalizer) returned while the informer shows
+        an older version: a cache reconciled again right after our write would otherwise PUT with a
         stale resourceVersion, get a 409 and re-read it (a third of the status writes at 1,000 x 50)."""
         key = cache_identity(obj)
         written = self._status_written.get(key)

@@ -73,10 +73,9 @@ class DiskGC:
         self.models_dir = Path(models_dir)
         self.grace_seconds = grace_seconds
         self.clock = clock
-        self._orphaned_since: dict[str, float] = {}
-        """name -> monotonic time it was first seen unreferenced."""
-        self._first_seen_wall: dict[str, float] = {}
-        """name -> the same instant as a wall-clock epoch, what the state file keeps."""
+        self._orphaned_since: dict[str, tuple[float, float]] = {}
+        """name -> when it was first seen unreferenced: (monotonic, the same instant as a wall-clock
+        epoch). The timers run on the first; the state file keeps the second."""
         self._loaded = False
 
     @property
@@ -99,15 +98,15 @@ class DiskGC:
             if owned_key(name) is None or not isinstance(since, int | float):
                 continue
             served = min(max(wall - float(since), 0.0), self.grace_seconds)
-            self._orphaned_since[name] = mono - served
-            self._first_seen_wall[name] = float(since)
+            self._orphaned_since[name] = (mono - served, float(since))
 
     def _save(self) -> None:
-        if not self._first_seen_wall and not self.state_path.exists():
+        if not self._orphaned_since and not self.state_path.exists():
             return
+        saved = {name: wall for name, (_, wall) in self._orphaned_since.items()}
         tmp = self.state_path.with_name(f"{GC_STATE_NAME}.tmp")
         try:
-            tmp.write_text(json.dumps(self._first_seen_wall, sort_keys=True))
+            tmp.write_text(json.dumps(saved, sort_keys=True))
             tmp.replace(self.state_path)
         except OSError as exc:  # the timers still run in memory; a restart only delays a deletion
             log.warning("disk gc: cannot save state %s: %s", self.state_path, exc)
@@ -141,12 +140,12 @@ class DiskGC:
         names = {c.name for c in candidates}
         before = set(self._orphaned_since)
         for gone in before - names:
-            self._forget(gone)
+            del self._orphaned_since[gone]
+        wall = self.clock.now().timestamp()
         for name in names - before:
-            self._orphaned_since[name] = now
-            self._first_seen_wall[name] = self.clock.now().timestamp()
+            self._orphaned_since[name] = (now, wall)
         for path in candidates:
-            since = self._orphaned_since[path.name]
+            since, _ = self._orphaned_since[path.name]
             left = since + self.grace_seconds - now
             if left > 0:
                 result.waiting[path.name] = left
@@ -159,13 +158,9 @@ class DiskGC:
                     "disk gc: cannot delete %s: %s", path, exc, extra={"path": str(path), "error": str(exc)}
                 )
                 continue
-            self._forget(path.name)
+            del self._orphaned_since[path.name]
             result.deleted.append(path.name)
             log.info("disk gc: deleted unreferenced model folder %s", path, extra={"path": str(path)})
         if set(self._orphaned_since) != before:
             await asyncio.to_thread(self._save)
         return result
-
-    def _forget(self, name: str) -> None:
-        del self._orphaned_since[name]
-        del self._first_seen_wall[name]

@@ -38,7 +38,7 @@ from localcache.storage.marker import MarkerFile
 from localcache.storage.progress import Progress
 from localcache.storage.settings import MiB, Settings
 from localcache.storage.sources.base import RemoteFile, Source, TransientError
-from localcache.storage.verify import MultiHasher, mismatches, to_check
+from localcache.storage.verify import CRYPTOGRAPHIC, MultiHasher, mismatches, to_check
 
 log = logging.getLogger("localcache.storage.transfer")
 
@@ -121,9 +121,6 @@ def _new_job(staging: Staging, settings: Settings, remote: RemoteFile, rel: str)
     )
 
 
-ADOPTABLE_DIGESTS = frozenset({"sha256", "md5", "gitsha1"})
-
-
 def adopt_existing(
     staging: Staging, settings: Settings, files: list[tuple[RemoteFile, str]]
 ) -> tuple[int, int]:
@@ -141,7 +138,7 @@ def adopt_existing(
         return 0, 0
     count = total = 0
     for remote, rel in files:
-        if remote.size is None or not ADOPTABLE_DIGESTS & remote.expected.keys():
+        if remote.size is None or not remote.expected.keys() & set(CRYPTOGRAPHIC):
             continue
         job = _new_job(staging, settings, remote, rel)
         if job.path.exists() or job.path.is_symlink() or job.state_path.exists():

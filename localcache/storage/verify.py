@@ -9,7 +9,9 @@ import zlib
 from typing import Any
 
 SUPPORTED = ("sha256", "md5", "gitsha1", "crc32", "crc32c")
-STRONGEST_FIRST = ("sha256", "gitsha1", "md5", "crc32c", "crc32")
+CRYPTOGRAPHIC = ("sha256", "gitsha1", "md5")
+"""Digests that identify content (a match is no accident), strongest first; the CRCs only catch damage."""
+STRONGEST_FIRST = (*CRYPTOGRAPHIC, "crc32c", "crc32")
 
 
 def to_check(expected: dict[str, str]) -> dict[str, str]:

@@ -28,6 +28,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from localcache.testing.processes import die_with_parent
+
 ACCESS_KEY = "localcache-access"
 SECRET_KEY = "localcache-secret"
 REGION = "us-east-1"
@@ -157,6 +159,8 @@ def spawn_server(args: list[str]) -> tuple[subprocess.Popen[str], list[str]]:
         stderr=subprocess.DEVNULL,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        preexec_fn=die_with_parent,  # an interrupted test or bench leaves no moto or hub behind
+        start_new_session=True,
     )
     assert proc.stdout is not None
     deadline = time.monotonic() + 60
